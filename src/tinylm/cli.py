@@ -1,0 +1,235 @@
+"""tinylm <command>: one entry point; each command maps to one module.
+
+Exit codes: 0 success, 1 an unexpected failure, 2 a user mistake (one sentence on stderr),
+130 interrupted with Ctrl-C (the last checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from tinylm.errors import UserError
+
+DEMO_TEMPERATURES = (0.5, 1.0, 1.5)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake gets one sentence and exit code 2, not the usage block."""
+
+    def error(self, message):
+        print(f"tinylm: {message} (see `{self.prog} --help`).", file=sys.stderr)
+        sys.exit(2)
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is below 1")
+    return value
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="tinylm", description="Train your own small language model from scratch.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model from a preset")
+    t.add_argument("preset", nargs="?", help="preset name or YAML file (default: words)")
+    t.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.lr=1e-3")
+    t.add_argument("--data", help="data source (words: a one-word-a-line file)")
+    t.add_argument("--out", type=Path, help="run directory (default: runs/PRESET[-N])")
+    t.add_argument("--time", help="training time budget: seconds or 90s / 5m / 1h")
+    t.add_argument("--max-steps", type=positive_int, help="optimizer-step budget")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--seed", type=int, help="training seed (data order, initialisation)")
+    t.add_argument("--no-report", action="store_true", help="skip the evaluation after training")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run on held-out data")
+    e.add_argument("run", type=Path)
+    e.add_argument("--data", help="another word list to evaluate on (default: the test split)")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    e.add_argument("--samples", type=int, default=1000, help="words to sample for novelty")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("complete", help="complete word prefixes (character models)")
+    c.add_argument("run", type=Path)
+    c.add_argument("prefixes", nargs="+")
+    c.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
+    c.add_argument("--num", type=positive_int, default=3, help="completions per prefix")
+    c.add_argument("--max-length", type=positive_int, help="longest word, in letters")
+    c.add_argument("--seed", type=int, help="sampling seed")
+    c.set_defaults(func=cmd_complete)
+
+    i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
+    i.add_argument("run", type=Path)
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from tinylm.config import apply_overrides, load_preset, parse_duration
+    from tinylm.train import default_out, train_run
+
+    preset, overrides = args.preset, list(args.overrides)
+    if preset and "=" in preset:
+        preset, overrides = None, [preset, *overrides]
+    cfg = load_preset(preset or "words")
+    cfg = apply_overrides(cfg, overrides)
+    if args.data:
+        cfg.data.source = args.data
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    # An explicit budget replaces the preset's: --max-steps alone means no time limit.
+    if args.time is not None or args.max_steps is not None:
+        cfg.train.time = parse_duration(args.time) if args.time is not None else None
+        cfg.train.max_steps = args.max_steps
+    out = args.out or default_out(cfg.preset, args.resume)
+    run, summary = train_run(cfg, out, resume=args.resume)
+    print(
+        f"Stopped ({summary['reason']}) after {summary['step']:,} steps, "
+        f"{summary['elapsed']:.0f} s, {summary['unit_per_s']:,.0f} targets/s; "
+        f"best validation loss {summary['best_val']:.4f} nats."
+    )
+    if summary["reason"] == "interrupted":
+        print(f"Checkpoint kept; continue with: tinylm train --resume --out {run.path}")
+        print(f"Loss curve: {run.loss_plot_path}")
+        return 130
+    if not args.no_report:
+        report(run)
+    print(f"Loss curve: {run.loss_plot_path}")
+    return 0
+
+
+def report(run) -> None:
+    """What a user wants to see after training: test figures and a few samples."""
+    from tinylm.evaluate import evaluate_run, format_word_table
+
+    cfg = run.config()
+    if cfg.data.test_fraction > 0:
+        print(format_word_table(evaluate_run(run)))
+    if cfg.demo:
+        print_completions(run, cfg.demo, DEMO_TEMPERATURES, num=5, max_length=None, seed=0)
+
+
+def print_completions(run, prefixes, temperatures, num, max_length, seed) -> None:
+    from tinylm.generate import complete, make_generator
+
+    cfg = run.config()
+    tokenizer = run.tokenizer(cfg)
+    model = run.load_model(cfg, tokenizer)
+    for prefix in prefixes:
+        tokenizer.check_chars(prefix)
+    generator = make_generator(seed)
+    for t in temperatures:
+        if len(temperatures) > 1:
+            print(f"temperature {t}:")
+        for prefix in prefixes:
+            outs = complete(
+                model,
+                tokenizer,
+                prefix,
+                num=num,
+                temperature=t,
+                max_length=max_length or cfg.data.max_len,
+                generator=generator,
+            )
+            words = [o.word + ("" if o.finished else "…") for o in outs]
+            print(f"  {prefix:<8} {' '.join(words)}")
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from tinylm.evaluate import evaluate_run, format_word_table
+    from tinylm.runs import Run
+
+    result = evaluate_run(Run.open(args.run), data=args.data, samples=args.samples)
+    print(json.dumps(result, indent=2) if args.json else format_word_table(result))
+    return 0
+
+
+def cmd_complete(args) -> int:
+    from tinylm.runs import Run
+
+    run = Run.open(args.run)
+    print_completions(run, args.prefixes, (args.temperature,), args.num, args.max_length, args.seed)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from tinylm.models import param_breakdown
+    from tinylm.runs import Run
+
+    run = Run.open(args.run)
+    cfg = run.config()
+    print(f"Run {run.path}\n\nConfiguration (tinylm.yaml):")
+    print("  " + cfg.to_yaml().strip().replace("\n", "\n  "))
+    model = run.load_model(cfg)
+    print("\nParameters:")
+    for part, n in param_breakdown(model).items():
+        print(f"  {part:<16}{n:>12,}")
+    split = run.read_json("split/split.json")
+    if split:
+        print("\nSplit: " + ", ".join(f"{k} {v:,}" for k, v in split["counts"].items()))
+    vals = [r for r in run.metrics() if "val_loss" in r]
+    if vals:
+        best = min(vals, key=lambda r: r["val_loss"])
+        print(
+            f"\nBest validation loss {best['val_loss']:.4f} nats at step {best['step']:,} "
+            f"({best['time']:.0f} s, {best['tokens']:,} targets); {len(vals)} validations."
+        )
+    result = run.read_json("eval.json")
+    if result and "bits_per_char" in result:
+        print(
+            f"Test: {result['bits_per_char']:.3f} bits/char, "
+            f"{result['next_char_accuracy']:.1%} next-character accuracy."
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides (key=value) may come after options; anything else unknown is a mistake.
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x or args.command != "train"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides += extra
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"tinylm: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntinylm: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print("tinylm: unexpected failure (traceback above); please report it.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

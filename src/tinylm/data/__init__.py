@@ -1,0 +1,1 @@
+"""Data: where text comes from, how it is split, and how it is batched."""

@@ -1,0 +1,95 @@
+"""Batches for training and evaluation, each a dict that the model takes as `model(**batch)`.
+
+The batch for a training step is a pure function of (seed, step, rank): resuming at step N
+replays exactly the batches an uninterrupted run would have seen, and ranks of a distributed run
+see different batches without talking to each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+IGNORE = -100
+
+
+class WordBatches:
+    """Words grouped by length, so a batch holds words of one length and carries no padding.
+
+    Each batch holds about `batch_tokens` targets. For the decoder a word is `<sos> w <eos>`;
+    for seq2seq the encoder reads `<sos> prefix <eos>` and the decoder predicts the rest and
+    `<eos>`, with the prefix length drawn at random (0 included, so whole words are learnt too).
+    """
+
+    def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int, arch: str):
+        self.tok, self.arch, self.seed = tokenizer, arch, seed
+        by_len: dict[int, list[list[int]]] = {}
+        for ids in tokenizer.encode_batch(words):
+            by_len.setdefault(len(ids), []).append(ids)
+        self.buckets = {n: torch.tensor(rows) for n, rows in sorted(by_len.items())}
+        self.batch_sizes = {n: max(1, batch_tokens // (n + 1)) for n in self.buckets}
+        self.steps_per_epoch = sum(
+            -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
+        )
+        self._plan_epoch, self._plan = -1, []
+
+    @property
+    def n_words(self) -> int:
+        return sum(len(rows) for rows in self.buckets.values())
+
+    def _epoch_plan(self, epoch: int) -> list[torch.Tensor]:
+        if epoch != self._plan_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            chunks = []
+            for n, rows in self.buckets.items():
+                shuffled = rows[torch.randperm(len(rows), generator=g)]
+                chunks.extend(shuffled.split(self.batch_sizes[n]))
+            order = torch.randperm(len(chunks), generator=g).tolist()
+            self._plan, self._plan_epoch = [chunks[i] for i in order], epoch
+        return self._plan
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+        index = step * world_size + rank
+        epoch, i = divmod(index, self.steps_per_epoch)
+        letters = self._epoch_plan(epoch)[i]
+        if self.arch == "seq2seq":
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            split = torch.randint(0, letters.shape[1], (len(letters),), generator=g).tolist()
+            return self.seq2seq_batch(letters.tolist(), split)
+        return self.decoder_batch(letters)
+
+    def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every word once, in a fixed order; seq2seq reads an empty prefix (the whole word is
+        predicted, so its loss is comparable with the decoder's)."""
+        for n, rows in self.buckets.items():
+            for chunk in rows.split(self.batch_sizes[n]):
+                if self.arch == "seq2seq":
+                    yield self.seq2seq_batch(chunk.tolist(), [0] * len(chunk))
+                else:
+                    yield self.decoder_batch(chunk)
+
+    def decoder_batch(self, letters: torch.Tensor) -> dict[str, torch.Tensor]:
+        B = len(letters)
+        sos = torch.full((B, 1), self.tok.bos_id, dtype=torch.long)
+        eos = torch.full((B, 1), self.tok.eos_id, dtype=torch.long)
+        return {
+            "input_ids": torch.cat([sos, letters], dim=1),
+            "targets": torch.cat([letters, eos], dim=1),
+        }
+
+    def seq2seq_batch(self, words: list[list[int]], split: list[int]) -> dict[str, torch.Tensor]:
+        tok = self.tok
+        enc = [[tok.bos_id, *w[:k], tok.eos_id] for w, k in zip(words, split, strict=True)]
+        dec = [[*w[k:], tok.eos_id] for w, k in zip(words, split, strict=True)]
+        input_ids = pad(enc, tok.pad_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != tok.pad_id).long(),
+            "targets": pad(dec, IGNORE),
+        }
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)

@@ -1,0 +1,231 @@
+"""Honest evaluation: the model's figures next to baselines, on data it never trained on.
+
+Words (benchmark W of BENCHMARKS.md): M1 bits per character over len(w)+1 targets per word
+(each letter given the letters before it, then <eos>); M2 next-character accuracy over the
+targets after the first letter; accuracy per letter; the same for a uniform, a unigram and a
+bigram model; and, as makemore reports, whether sampled words are in the training set, the test
+set, or new.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinylm.data.batching import IGNORE, WordBatches
+from tinylm.device import autocast, autocast_dtype
+from tinylm.generate import complete
+
+LN2 = math.log(2)
+
+
+@dataclass
+class TargetScores:
+    """One entry per target: its log-probability (nats), the top-1 guess, and its position."""
+
+    logp: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    position: torch.Tensor
+
+
+@torch.no_grad()
+def score_targets(model, batches, device=None, precision: str = "fp32") -> TargetScores:
+    device = device or next(model.parameters()).device
+    dtype = autocast_dtype(precision, device)
+    parts = []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        targets = batch["targets"]
+        with autocast(device, dtype):
+            logits = model(**batch).logits
+        logp = logits.float().log_softmax(dim=-1)
+        keep = targets != IGNORE
+        safe = targets.clamp(min=0)
+        position = torch.arange(targets.shape[1], device=device).expand_as(targets)
+        parts.append(
+            (
+                logp.gather(-1, safe[..., None]).squeeze(-1)[keep].cpu(),
+                logp.argmax(dim=-1)[keep].cpu(),
+                targets[keep].cpu(),
+                position[keep].cpu(),
+            )
+        )
+    return TargetScores(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+def word_figures(scores: TargetScores, tokenizer) -> dict:
+    """M1, M2 and accuracy per letter from target scores."""
+    later = scores.position >= 1
+    correct = scores.pred == scores.target
+    per_letter = {}
+    for tid in sorted(set(scores.target[later].tolist())):
+        sel = later & (scores.target == tid)
+        name = "<eos>" if tid == tokenizer.eos_id else tokenizer.id_to_token(tid)
+        per_letter[name] = round(float(correct[sel].float().mean()), 4)
+    return {
+        "bits_per_char": float(-scores.logp.mean() / LN2),
+        "next_char_accuracy": float(correct[later].float().mean()),
+        "targets": int(len(scores.target)),
+        "accuracy_per_letter": per_letter,
+    }
+
+
+def ngram_baselines(train_words: list[str], test_words: list[str]) -> dict:
+    """Uniform, unigram and bigram (add-one smoothing) character models, scored like M1/M2."""
+    eos = "\n"
+    alphabet = sorted({c for w in train_words + test_words for c in w}) + [eos]
+    k = len(alphabet)
+    uni = Counter(c for w in train_words for c in w + eos)
+    bi = Counter((a, b) for w in train_words for a, b in zip("^" + w, w + eos, strict=True))
+    prev_count = Counter(a for w in train_words for a in "^" + w)
+    uni_total = sum(uni.values())
+
+    def p_uni(c):
+        return (uni[c] + 1) / (uni_total + k)
+
+    def p_bi(a, c):
+        return (bi[(a, c)] + 1) / (prev_count[a] + k)
+
+    best_uni = max(alphabet, key=p_uni)
+    best_bi = {a: max(alphabet, key=lambda c, a=a: p_bi(a, c)) for a in ["^", *alphabet]}
+    nll = {"uniform": 0.0, "unigram": 0.0, "bigram": 0.0}
+    hits = {"unigram": 0, "bigram": 0}
+    n_all = n_later = 0
+    for w in test_words:
+        for i, (a, c) in enumerate(zip("^" + w, w + eos, strict=True)):
+            nll["uniform"] += math.log(k)
+            nll["unigram"] -= math.log(p_uni(c))
+            nll["bigram"] -= math.log(p_bi(a, c))
+            n_all += 1
+            if i >= 1:
+                n_later += 1
+                hits["unigram"] += c == best_uni
+                hits["bigram"] += c == best_bi[a]
+    return {
+        "uniform": {"bits_per_char": nll["uniform"] / n_all / LN2, "next_char_accuracy": 1 / k},
+        "unigram": {
+            "bits_per_char": nll["unigram"] / n_all / LN2,
+            "next_char_accuracy": hits["unigram"] / n_later,
+        },
+        "bigram": {
+            "bits_per_char": nll["bigram"] / n_all / LN2,
+            "next_char_accuracy": hits["bigram"] / n_later,
+        },
+    }
+
+
+def sample_novelty(model, tokenizer, train: set, test: set, n: int, max_length: int, seed: int):
+    """Sample n words from scratch (temperature 1) and say where they come from."""
+    g = torch.Generator().manual_seed(seed)
+    words = []
+    while len(words) < n:
+        batch = min(256, n - len(words))
+        words += [
+            c.word
+            for c in complete(
+                model, tokenizer, "", num=batch, max_length=max_length, temperature=1.0, generator=g
+            )
+        ]
+    counts = Counter("train" if w in train else "test" if w in test else "new" for w in words)
+    return {
+        "samples": n,
+        "in_train": counts["train"] / n,
+        "in_test": counts["test"] / n,
+        "new": counts["new"] / n,
+        "examples": words[:20],
+    }
+
+
+def evaluate_words(
+    model,
+    tokenizer,
+    test_words,
+    train_words,
+    *,
+    batch_tokens=8192,
+    samples=1000,
+    seed=0,
+    max_length=15,
+    precision="fp32",
+) -> dict:
+    batches = WordBatches(test_words, tokenizer, batch_tokens, seed=0, arch=_arch(model))
+    scores = score_targets(model, batches.eval_batches(), precision=precision)
+    result = {"words": len(test_words), **word_figures(scores, tokenizer)}
+    result["baselines"] = ngram_baselines(train_words, test_words)
+    if samples:
+        result["sampled_words"] = sample_novelty(
+            model, tokenizer, set(train_words), set(test_words), samples, max_length, seed
+        )
+    return result
+
+
+def _arch(model) -> str:
+    from tinylm.models import Seq2Seq
+
+    return "seq2seq" if isinstance(model, Seq2Seq) else "decoder"
+
+
+def format_word_table(result: dict) -> str:
+    rows = [("model", result["bits_per_char"], result["next_char_accuracy"])]
+    for name, fig in result["baselines"].items():
+        rows.append((f"{name} baseline", fig["bits_per_char"], fig["next_char_accuracy"]))
+    lines = [
+        f"Test words: {result['words']:,} ({result['targets']:,} targets)",
+        f"{'':<20}{'bits/char (M1)':>16}{'accuracy (M2)':>16}",
+    ]
+    lines += [f"{name:<20}{m1:>16.3f}{m2:>16.3f}" for name, m1, m2 in rows]
+    letters = result["accuracy_per_letter"]
+    lines.append("accuracy per letter: " + "  ".join(f"{k} {v:.2f}" for k, v in letters.items()))
+    s = result.get("sampled_words")
+    if s:
+        lines.append(
+            f"{s['samples']} sampled words: {s['in_train']:.1%} in training set, "
+            f"{s['in_test']:.1%} in test set, {s['new']:.1%} new "
+            f"(e.g. {', '.join(s['examples'][:8])})"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 0) -> dict:
+    """Evaluate a run's best weights on its test split (or on `data`); save the figures."""
+    from tinylm.data.words import load_words
+    from tinylm.device import pick_device
+    from tinylm.errors import UserError
+
+    cfg = run.config()
+    tokenizer = run.tokenizer(cfg)
+    model = run.load_model(cfg, tokenizer).to(pick_device())
+    train_words = run.read_split("train")
+    if data:
+        words = load_words(data, cfg.data.min_len, cfg.data.max_len)
+        vocab = tokenizer.tok.get_vocab()
+        usable = [w for w in words if all(c in vocab for c in w)]
+        skipped = len(words) - len(usable)
+        words = usable
+    else:
+        words, skipped = run.read_split("test"), 0
+        if not words:
+            raise UserError(
+                f"{run.path} has no test split (data.test_fraction was 0); pass --data FILE."
+            )
+    if not words:
+        raise UserError(f"No word in {data} can be written with this model's characters.")
+    result = evaluate_words(
+        model,
+        tokenizer,
+        words,
+        train_words,
+        samples=samples,
+        seed=seed,
+        max_length=cfg.data.max_len,
+    )
+    result["data"] = data or "test split"
+    result["skipped_words"] = skipped
+    name = "eval.json" if not data else f"eval-{Path(data).stem}.json"
+    run.write_json(name, result)
+    return result

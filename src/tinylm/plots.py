@@ -1,0 +1,50 @@
+"""Loss-curve pictures: one run's training and validation loss, or several runs on one picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+X_AXES = {"tokens": "tokens seen", "time": "training seconds", "step": "optimizer step"}
+
+
+def plot_losses(curves: list[tuple[str, list[dict]]], out: Path, x: str = "tokens") -> Path:
+    """Draw training (thin) and validation (thick, dots) loss of each (label, metrics) pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for i, (label, records) in enumerate(curves):
+        color = f"C{i % 10}"
+        train = [r for r in records if "loss" in r]
+        val = [r for r in records if "val_loss" in r]
+        if train:
+            ax.plot(
+                [r[x] for r in train], [r["loss"] for r in train], color=color, alpha=0.45, lw=1
+            )
+        if val:
+            ax.plot(
+                [r[x] for r in val],
+                [r["val_loss"] for r in val],
+                color=color,
+                lw=2,
+                marker="o",
+                ms=3,
+                label=f"{label} (best val {min(r['val_loss'] for r in val):.3f})",
+            )
+        elif train:
+            ax.plot([], [], color=color, label=label)
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title("training (thin) and validation (thick) loss")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

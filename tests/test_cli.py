@@ -1,0 +1,154 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_MODEL
+from tinylm.cli import main
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_prints_report_and_writes_run(tmp_path, words_file, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "words",
+        "--data",
+        words_file,
+        "--out",
+        out,
+        "--max-steps",
+        40,
+        *TINY_MODEL,
+    )
+    assert code == 0, err
+    assert "bits/char (M1)" in stdout and "bigram baseline" in stdout
+    for t in ("0.5", "1.0", "1.5"):
+        assert f"temperature {t}:" in stdout
+    for prefix in ("fin", "inv", "tra", "mar", "ban", "com", "acc"):
+        assert f"  {prefix} " in stdout
+    assert f"Loss curve: {out / 'loss.png'}" in stdout
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_eval_json(tiny_run, capsys):
+    code, stdout, _ = run_cli(capsys, "eval", tiny_run.path, "--json", "--samples", 20)
+    assert code == 0
+    result = json.loads(stdout)
+    assert {"bits_per_char", "next_char_accuracy", "accuracy_per_letter", "baselines"} <= set(
+        result
+    )
+    assert result["sampled_words"]["samples"] == 20
+
+
+def test_eval_on_another_word_list(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text("finance\ntrain\nbanana\nmarket\nx1y\nüber\n")
+    code, stdout, _ = run_cli(capsys, "eval", tiny_run.path, "--data", other, "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["words"] == 4 and result["skipped_words"] == 1  # x1y is not a word, über unknown
+    assert (tiny_run.path / "eval-other.json").is_file()
+
+
+def test_complete_is_reproducible_and_respects_options(tiny_run, capsys):
+    args = ("complete", tiny_run.path, "fin", "tra", "--num", 4, "--seed", 7)
+    code, first, _ = run_cli(capsys, *args)
+    assert code == 0
+    assert run_cli(capsys, *args)[1] == first
+    lines = first.strip().splitlines()
+    assert lines[0].split()[0] == "fin" and len(lines[0].split()) == 5
+    assert all(w.startswith("fin") for w in lines[0].split()[1:])
+    code, greedy, _ = run_cli(
+        capsys, "complete", tiny_run.path, "inv", "--temperature", 0, "--num", 3
+    )
+    words = greedy.split()[1:]
+    assert code == 0 and len(set(words)) == 1  # greedy: always the same
+    code, short, _ = run_cli(
+        capsys, "complete", tiny_run.path, "ban", "--max-length", 5, "--num", 8
+    )
+    assert all(len(w.rstrip("…")) <= 5 for w in short.split()[1:])
+
+
+def test_info(tiny_run, capsys):
+    code, stdout, _ = run_cli(capsys, "info", tiny_run.path)
+    assert code == 0
+    for phrase in (
+        "Configuration",
+        "Parameters:",
+        "embeddings",
+        "attention",
+        "feed-forward",
+        "total",
+        "Split: test",
+        "Best validation loss",
+    ):
+        assert phrase in stdout
+
+
+@pytest.mark.parametrize(
+    "argv,phrase",
+    [
+        (["info", "/nonexistent/run"], "does not exist"),
+        (["complete", "RUN", "fin", "--temperature", "-1"], "below 0"),
+        (["complete", "RUN", "fi9"], "'9'"),
+        (["train", "wrods"], "Unknown preset"),
+        (["train", "words", "--bogus"], "unrecognized arguments"),
+        (["train", "words", "--time", "soon"], "duration"),
+        (["train", "words", "--out", "RUN"], "already holds a run"),
+        (["eval", "RUN", "--data", "/nonexistent.txt"], "does not exist"),
+    ],
+)
+def test_user_mistakes_get_one_sentence_and_exit_2(tiny_run, capsys, argv, phrase):
+    argv = [str(tiny_run.path) if a == "RUN" else a for a in argv]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert phrase in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_data_files_exit_2_and_create_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for data in (empty, binary):
+        out = tmp_path / f"run-{data.stem}"
+        code, _, err = run_cli(capsys, "train", "words", "--data", data, "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+def test_corrupt_run_is_reported_and_left_untouched(tiny_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run.path, broken)
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in broken.iterdir())
+    for argv in (["complete", broken, "fin"], ["eval", broken], ["info", broken]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "unreadable" in err
+    (broken / "tinylm.yaml").unlink()
+    code, _, err = run_cli(capsys, "complete", broken, "fin")
+    assert code == 2 and "not a tinylm run directory" in err
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in broken.iterdir())
+    assert after == [x for x in before if x[0] != "tinylm.yaml"]
+
+
+def test_console_script_exit_code(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tinylm.cli", "info", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "does not exist" in result.stderr

@@ -1,0 +1,52 @@
+import pytest
+
+from tinylm.config import RunConfig, apply_overrides, load_preset, parse_duration, preset_names
+from tinylm.errors import UserError
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    assert {"words", "words-seq2seq"} <= set(preset_names())
+    cfg = load_preset("words-seq2seq")
+    assert cfg.model.arch == "seq2seq" and cfg.model.d_model == 256 and cfg.model.n_heads == 8
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert RunConfig.load(path) == cfg
+    assert load_preset(str(path)).model == cfg.model  # a user's YAML file works as a preset
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = apply_overrides(
+        load_preset("words"), ["train.lr=1e-3", "model.n_layers=2", "train.time=null"]
+    )
+    assert cfg.train.lr == 1e-3 and cfg.model.n_layers == 2 and cfg.train.time is None
+    for bad in ["train.nope=1", "nosection.lr=1", "lr=1"]:
+        with pytest.raises(UserError):
+            apply_overrides(cfg, [bad])
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(UserError, match="words-seq2seq"):
+        load_preset("wrods")
+
+
+@pytest.mark.parametrize(
+    "text,seconds", [("300", 300), ("90s", 90), ("5m", 300), ("1.5h", 5400), ("1h30m", 5400)]
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5x", "0", "m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(UserError):
+        parse_duration(text)
+
+
+def test_yaml_types_are_checked(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  max_steps: 100\nmodel:\n  d_model: 64\n")
+    cfg = load_preset(str(path))
+    assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 100 and cfg.model.d_model == 64
+    path.write_text("model:\n  d_model: wide\n")
+    with pytest.raises(UserError, match="model.d_model"):
+        load_preset(str(path))

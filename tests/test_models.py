@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from tinylm.config import ModelConfig
+from tinylm.models import Decoder, param_breakdown
+from tinylm.models.decoder import hf_config
+
+CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=24)
+
+
+def test_decoder_is_causal():
+    """Changing tokens after position i never changes the logits at positions <= i."""
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (3, 20))
+    base = model(x).logits
+    for i in [0, 5, 18]:
+        y = x.clone()
+        y[:, i + 1 :] = torch.randint(0, 50, y[:, i + 1 :].shape)
+        changed = model(y).logits
+        assert torch.allclose(base[:, : i + 1], changed[:, : i + 1], atol=1e-5)
+        assert not torch.allclose(base[:, i + 1 :], changed[:, i + 1 :], atol=1e-3)
+
+
+def test_positions_matter():
+    """Rotary positions: the same tokens in another order give other predictions."""
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    y = torch.tensor([[3, 2, 1, 4, 5]])  # same multiset before the last position
+    assert not torch.allclose(model(x).logits[0, -1], model(y).logits[0, -1], atol=1e-4)
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (2, 12))
+    full = model(x).logits
+    cache = model.new_cache(2)
+    first = model(x[:, :5], cache=cache).logits
+    steps = [model(x[:, t : t + 1], cache=cache).logits for t in range(5, 12)]
+    assert torch.allclose(torch.cat([first, *steps], dim=1), full, atol=1e-5)
+
+
+def test_loss_ignores_masked_targets():
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (1, 6))
+    t = torch.randint(0, 50, (1, 6))
+    t_masked = t.clone()
+    t_masked[0, 3:] = -100
+    short = model(x[:, :3], targets=t[:, :3]).loss
+    assert torch.allclose(model(x, targets=t_masked).loss, short, atol=1e-6)
+
+
+def test_parameter_breakdown_counts_tied_weights_once():
+    model = Decoder(CFG, vocab_size=50)
+    parts = param_breakdown(model)
+    assert parts["total"] == sum(p.numel() for p in model.parameters())
+    assert parts["embeddings"] == 50 * 32 and "output head" not in parts
+
+
+def test_same_logits_as_transformers_llama(tmp_path):
+    """The decoder is Llama: stock transformers loads the weights and computes the same."""
+    from safetensors.torch import save_file
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a wrong mapping would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(sd, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(CFG, 50, 1, 2, 0)))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    x = torch.randint(0, 50, (2, 24))
+    with torch.no_grad():
+        ours, theirs = model(x).logits, hf(x).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+@pytest.mark.parametrize("d_model,n_heads", [(30, 4), (30, 10)])
+def test_bad_shapes_are_refused(d_model, n_heads):
+    with pytest.raises(ValueError):
+        Decoder(ModelConfig(d_model=d_model, n_heads=n_heads), vocab_size=10)

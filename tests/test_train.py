@@ -1,0 +1,146 @@
+import math
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from tinylm import runs as runs_module
+from tinylm.evaluate import evaluate_run, ngram_baselines
+from tinylm.generate import complete, make_generator
+from tinylm.runs import Run
+from tinylm.train import train_run
+
+
+def test_a_few_seconds_of_training_beat_the_unigram_baseline(tiny_run):
+    result = evaluate_run(tiny_run, samples=50)
+    unigram = result["baselines"]["unigram"]
+    assert result["words"] > 100
+    assert result["bits_per_char"] < unigram["bits_per_char"] - 0.3
+    assert result["next_char_accuracy"] > unigram["next_char_accuracy"]
+    assert 0 <= result["sampled_words"]["new"] <= 1
+    assert (tiny_run.path / "eval.json").is_file()
+
+
+def test_run_directory_has_everything(tiny_run):
+    names = {p.name for p in tiny_run.path.iterdir()}
+    assert {
+        "tinylm.yaml",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "config.json",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "split",
+    } <= names
+    assert {p.name for p in tiny_run.split_dir.iterdir()} >= {"train.txt", "val.txt", "test.txt"}
+    records = tiny_run.metrics()
+    assert any("val_loss" in r for r in records) and any("loss" in r for r in records)
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def final_weights(run: Run) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(run.checkpoint_path).items() if k.startswith("model.")}
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, words_file):
+    extra = ["train.eval_every=20", "model.dropout=0.1"]  # dropout: the RNG state must resume too
+    cfg = tiny_config(data=words_file, steps=60, extra=extra)
+    whole, summary = train_run(cfg, tmp_path / "whole", show_progress=False)
+    assert summary["step"] == 60
+
+    cfg = tiny_config(data=words_file, steps=60, extra=extra)
+    part, summary = train_run(
+        cfg, tmp_path / "part", should_stop=lambda s: s.step == 25, show_progress=False
+    )
+    assert summary["reason"] == "interrupted" and summary["step"] == 25
+    cfg = tiny_config(data=words_file, steps=60, extra=extra)
+    part, summary = train_run(cfg, tmp_path / "part", resume=True, show_progress=False)
+    assert summary["step"] == 60
+
+    a, b = final_weights(whole), final_weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses = lambda run: [(r["step"], r.get("loss"), r.get("val_loss")) for r in run.metrics()]  # noqa: E731
+    assert losses(whole) == losses(part)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_a_checkpoint(tmp_path, words_file):
+    def press_ctrl_c(state):
+        if state.step == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    cfg = tiny_config(data=words_file, steps=1000)
+    run, summary = train_run(cfg, tmp_path / "r", should_stop=press_ctrl_c, show_progress=False)
+    assert summary["reason"] == "interrupted" and summary["step"] in (15, 16)  # after that step
+    assert run.weights_path.is_file() and run.checkpoint_path.is_file()
+    assert run.loss_plot_path.is_file()
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monkeypatch):
+    cfg = tiny_run.config()
+    model = tiny_run.load_model(cfg)
+    before = final_weights(tiny_run)
+
+    def crash_mid_write(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"\x00" * 1000)  # half a file, then the machine "dies"
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(runs_module, "save_file", crash_mid_write)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(OSError):
+        tiny_run.save_checkpoint(model, optimizer, {"state": {}})
+    with pytest.raises(OSError):
+        tiny_run.save_weights(model, tiny_run.tokenizer(cfg))
+    monkeypatch.undo()
+    after = final_weights(tiny_run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    tiny_run.load_model(cfg)  # still loads
+    assert not [p for p in tiny_run.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_early_stopping_with_patience(tmp_path, words_file):
+    extra = ["train.lr=0", "train.eval_every=10", "train.patience=2"]  # nothing can improve
+    cfg = tiny_config(data=words_file, steps=500, extra=extra)
+    run, summary = train_run(cfg, tmp_path / "r", show_progress=False)
+    assert summary["reason"] == "early stopping"
+    assert summary["step"] == 30  # first validation sets the best, two more without gain
+
+
+def test_time_budget(tmp_path, words_file):
+    cfg = tiny_config(data=words_file, steps=None)
+    cfg.train.time = 2.0
+    run, summary = train_run(cfg, tmp_path / "r", show_progress=False)
+    assert summary["reason"] == "budget"
+    assert 2.0 <= summary["elapsed"] < 6.0
+
+
+def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
+    extra = [
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.dropout=0",
+        "train.lr=3e-3",
+        "train.eval_every=40",
+    ]
+    cfg = tiny_config("words-seq2seq", data=words_file, steps=120, extra=extra)
+    run, summary = train_run(cfg, tmp_path / "s2s", show_progress=False)
+    vals = [r["val_loss"] for r in run.metrics() if "val_loss" in r]
+    unigram = ngram_baselines(run.read_split("train"), run.read_split("val"))["unigram"]
+    assert vals[-1] < vals[0]
+    assert vals[-1] < unigram["bits_per_char"] * math.log(2)  # beyond letter frequencies
+    model = run.load_model()
+    outs = complete(
+        model, run.tokenizer(), "fin", num=4, temperature=1.0, generator=make_generator(0)
+    )
+    assert all(o.word.startswith("fin") and o.word.isalpha() for o in outs)
+    assert any(o.finished for o in outs)
+    greedy = complete(model, run.tokenizer(), "tra", num=1, temperature=0)[0]
+    assert greedy.word.startswith("tra") and len(greedy.word) <= 15
