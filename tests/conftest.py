@@ -56,3 +56,76 @@ def tiny_run(tmp_path_factory, words_file):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run, summary = train_run(tiny_config(data=words_file), out, show_progress=False)
     return run
+
+
+def synthetic_documents(n_docs: int = 80, words_per_doc: int = 120, seed: int = 0) -> list[str]:
+    """Documents a model can learn: each of 300 common words is followed by one of three
+    others (a Markov chain), with punctuation, capitals and a few rare words."""
+    rng = random.Random(seed)
+    common = web2_sample(300, seed=1)
+    rare = web2_sample(2000, seed=2)
+    table = random.Random(3)
+    follows = {w: table.sample(common, 3) for w in common}
+    docs = []
+    for _ in range(n_docs):
+        words, word = [], rng.choice(common)
+        while len(words) < words_per_doc:
+            sentence = []
+            for _ in range(rng.randint(4, 10)):
+                sentence.append(word)
+                word = rng.choice(follows[word])
+            if rng.random() < 0.3:
+                sentence.append(rng.choice(rare))
+            sentence[0] = sentence[0].capitalize()
+            words.extend(sentence[:-1] + [sentence[-1] + rng.choice([".", "!", "?", ","])])
+        docs.append(" ".join(words))
+    return docs
+
+
+TINY_TEXT_MODEL = [
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=64",
+    "model.context_length=32",
+    "train.batch_tokens=512",
+    "train.warmup_steps=5",
+    "train.eval_every=20",
+    "train.log_every=5",
+    "train.precision=fp32",
+    "data.val_fraction=0.1",
+    "data.test_fraction=0.1",
+]
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    import json
+
+    path = tmp_path_factory.mktemp("text") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in synthetic_documents()))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def token_cache(tmp_path_factory):
+    """Keep the token cache of the tests out of the user's ~/.cache."""
+    import os
+
+    os.environ["TINYLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def text_runs(tmp_path_factory, text_file):
+    """A tiny word-level and a tiny BPE run on the synthetic corpus."""
+    from tinylm.train import train_run
+
+    runs = {}
+    for preset, extra in (
+        ("pile-word", ["tokenizer.vocab_size=400"]),
+        ("pile-bpe", ["tokenizer.vocab_size=300"]),
+    ):
+        out = tmp_path_factory.mktemp("runs") / preset
+        cfg = tiny_config(preset, data=text_file, steps=150, extra=[*TINY_TEXT_MODEL, *extra])
+        runs[preset], _ = train_run(cfg, out, show_progress=False)
+    return runs

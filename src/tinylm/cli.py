@@ -57,12 +57,18 @@ def build_parser() -> Parser:
     t.add_argument("--max-steps", type=positive_int, help="optimizer-step budget")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--seed", type=int, help="training seed (data order, initialisation)")
+    t.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN",
+        help="continue training RUN's model on --data (keeps its tokenizer and shape)",
+    )
     t.add_argument("--no-report", action="store_true", help="skip the evaluation after training")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run on held-out data")
     e.add_argument("run", type=Path)
-    e.add_argument("--data", help="another word list to evaluate on (default: the test split)")
+    e.add_argument("--data", help="other data to evaluate on (default: the run's test split)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--samples", type=int, default=1000, help="words to sample for novelty")
     e.set_defaults(func=cmd_eval)
@@ -76,10 +82,35 @@ def build_parser() -> Parser:
     c.add_argument("--seed", type=int, help="sampling seed")
     c.set_defaults(func=cmd_complete)
 
+    g = sub.add_parser("generate", help="continue a prompt (text models)")
+    g.add_argument("run", type=Path)
+    g.add_argument("prompt", nargs="?", default="")
+    add_sampling_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    ch = sub.add_parser("chat", help="interactive prompt loop (text models); `quit` ends it")
+    ch.add_argument("run", type=Path)
+    add_sampling_options(ch)
+    ch.set_defaults(func=cmd_chat)
+
+    pl = sub.add_parser("plot", help="loss curves of one or more runs on one picture")
+    pl.add_argument("runs", type=Path, nargs="+")
+    pl.add_argument("-o", "--output", type=Path, default=Path("loss-curves.png"))
+    pl.add_argument("--x", choices=["tokens", "time", "step"], default="tokens")
+    pl.set_defaults(func=cmd_plot)
+
     i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
     i.add_argument("run", type=Path)
     i.set_defaults(func=cmd_info)
     return p
+
+
+def add_sampling_options(p) -> None:
+    p.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    p.add_argument("--max-new-tokens", type=positive_int, default=25)
+    p.add_argument("--seed", type=int, help="sampling seed")
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -92,8 +123,10 @@ def cmd_train(args) -> int:
     preset, overrides = args.preset, list(args.overrides)
     if preset and "=" in preset:
         preset, overrides = None, [preset, *overrides]
-    cfg = load_preset(preset or "words")
-    cfg = apply_overrides(cfg, overrides)
+    if args.init_from:
+        cfg = init_config(args.init_from, preset, overrides, args.data)
+    else:
+        cfg = apply_overrides(load_preset(preset or "words"), overrides)
     if args.data:
         cfg.data.source = args.data
     if args.seed is not None:
@@ -103,7 +136,7 @@ def cmd_train(args) -> int:
         cfg.train.time = parse_duration(args.time) if args.time is not None else None
         cfg.train.max_steps = args.max_steps
     out = args.out or default_out(cfg.preset, args.resume)
-    run, summary = train_run(cfg, out, resume=args.resume)
+    run, summary = train_run(cfg, out, resume=args.resume, init_from=args.init_from)
     print(
         f"Stopped ({summary['reason']}) after {summary['step']:,} steps, "
         f"{summary['elapsed']:.0f} s, {summary['unit_per_s']:,.0f} targets/s; "
@@ -119,15 +152,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def init_config(source: Path, preset, overrides, data):
+    """Domain adaptation: the source run's config (model and tokenizer fixed), new data."""
+    from tinylm.config import apply_overrides
+    from tinylm.runs import Run
+
+    if preset:
+        raise UserError("Give either a preset or --init-from RUN, not both.")
+    if not data:
+        raise UserError("--init-from RUN needs --data: the text to continue training on.")
+    fixed = [o for o in overrides if o.startswith(("model.", "tokenizer."))]
+    if fixed:
+        raise UserError(f"{fixed[0]}: the model and tokenizer of {source} cannot change.")
+    cfg = apply_overrides(Run.open(source).config(), overrides)
+    cfg.preset = f"{cfg.preset}-adapted"
+    return cfg
+
+
 def report(run) -> None:
     """What a user wants to see after training: test figures and a few samples."""
-    from tinylm.evaluate import evaluate_run, format_word_table
+    from tinylm.evaluate import evaluate_run, format_text_table, format_word_table
 
     cfg = run.config()
     if cfg.data.test_fraction > 0:
-        print(format_word_table(evaluate_run(run)))
-    if cfg.demo:
+        result = evaluate_run(run)
+        print(format_text_table(result) if cfg.data.kind == "text" else format_word_table(result))
+    if cfg.demo and cfg.tokenizer.kind == "char":
         print_completions(run, cfg.demo, DEMO_TEMPERATURES, num=5, max_length=None, seed=0)
+    elif cfg.demo:
+        from tinylm.generate import generate_text, make_generator
+
+        model, tokenizer = run.load_model(cfg), run.tokenizer(cfg)
+        generator = make_generator(0)
+        for prompt in cfg.demo:
+            pieces = generate_text(model, tokenizer, prompt, temperature=0.8, top_p=0.95,
+                                   generator=generator)  # fmt: skip
+            print(f"  {prompt}{''.join(pieces)}")
 
 
 def print_completions(run, prefixes, temperatures, num, max_length, seed) -> None:
@@ -159,11 +219,14 @@ def print_completions(run, prefixes, temperatures, num, max_length, seed) -> Non
 def cmd_eval(args) -> int:
     import json
 
-    from tinylm.evaluate import evaluate_run, format_word_table
+    from tinylm.evaluate import evaluate_run, format_text_table, format_word_table
     from tinylm.runs import Run
 
     result = evaluate_run(Run.open(args.run), data=args.data, samples=args.samples)
-    print(json.dumps(result, indent=2) if args.json else format_word_table(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_text_table(result) if "bits_per_byte" in result else format_word_table(result))
     return 0
 
 
@@ -172,6 +235,84 @@ def cmd_complete(args) -> int:
 
     run = Run.open(args.run)
     print_completions(run, args.prefixes, (args.temperature,), args.num, args.max_length, args.seed)
+    return 0
+
+
+def load_for_sampling(path: Path):
+    from tinylm.device import pick_device
+    from tinylm.runs import Run
+
+    run = Run.open(path)
+    cfg = run.config()
+    tokenizer = run.tokenizer(cfg)
+    return run.load_model(cfg, tokenizer).to(pick_device()), tokenizer
+
+
+def stream(model, tokenizer, prompt: str, args, generator) -> None:
+    from tinylm.generate import generate_text
+
+    print(prompt, end="", flush=True)
+    for piece in generate_text(
+        model,
+        tokenizer,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    ):
+        print(piece, end="", flush=True)
+    print()
+
+
+def cmd_generate(args) -> int:
+    from tinylm.generate import check_sampling, make_generator
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    model, tokenizer = load_for_sampling(args.run)
+    stream(model, tokenizer, args.prompt, args, make_generator(args.seed))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """The notebook's prompt loop: `> `, an answer streamed per prompt; quit / Ctrl-D ends."""
+    from tinylm.generate import check_sampling, make_generator
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    model, tokenizer = load_for_sampling(args.run)
+    generator = make_generator(args.seed)
+    if sys.stdin.isatty():
+        print("Type a prompt and press Enter; `quit` or Ctrl-D ends. Each prompt stands alone.")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        prompt = line.strip()
+        if not prompt:
+            continue
+        if prompt.lower() in ("quit", "exit"):
+            return 0
+        try:
+            stream(model, tokenizer, prompt, args, generator)
+        except UserError as e:  # e.g. a character the model does not know: say so, go on
+            print(f"tinylm: {e}")
+
+
+def cmd_plot(args) -> int:
+    from tinylm.plots import plot_losses
+    from tinylm.runs import Run
+
+    curves = []
+    for path in args.runs:
+        run = Run.open(path)
+        records = run.metrics()
+        if not records:
+            raise UserError(f"{path} has no metrics yet (metrics.jsonl is empty).")
+        curves.append((str(path), records))
+    print(plot_losses(curves, args.output, x=args.x))
     return 0
 
 
@@ -198,6 +339,11 @@ def cmd_info(args) -> int:
             f"({best['time']:.0f} s, {best['tokens']:,} targets); {len(vals)} validations."
         )
     result = run.read_json("eval.json")
+    if result and "bits_per_byte" in result:
+        print(
+            f"Test: {result['bits_per_byte']:.3f} bits/byte, {result['loss_per_token']:.3f} "
+            f"nats/token, {result['top1_accuracy']:.1%} top-1 accuracy."
+        )
     if result and "bits_per_char" in result:
         print(
             f"Test: {result['bits_per_char']:.3f} bits/char, "

@@ -81,6 +81,11 @@ def broadcast_float(value: float, env: DistEnv) -> float:
     return float(t)
 
 
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        td.barrier()
+
+
 def finish() -> None:
     if td.is_initialized():
         td.barrier()

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from tinylm.data.batching import IGNORE, WordBatches
-from tinylm.device import autocast, autocast_dtype
+from tinylm.data.words import load_words
+from tinylm.device import autocast, autocast_dtype, pick_device
+from tinylm.errors import UserError
 from tinylm.generate import complete
 
 LN2 = math.log(2)
@@ -191,15 +193,128 @@ def format_word_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def evaluate_text(
+    model,
+    tokenizer,
+    docs: list[str],
+    *,
+    context: int,
+    batch_tokens: int = 16_384,
+    unigram_counts: torch.Tensor | None = None,
+) -> dict:
+    """Benchmark T's figures on `docs`: each document scored from its start (end-of-text as
+    context) in windows of at most `context` tokens that overlap by half, so every token is
+    predicted with at least half a context of history, and exactly once.
+
+    Bits per byte charge every <UNK> its own loss plus 8 bits per UTF-8 byte of the word it
+    replaced (the word spelled out by a uniform byte model).
+    """
+    device = next(model.parameters()).device
+    stride = max(1, context // 2)
+    encodings = tokenizer.tok.encode_batch(list(docs), add_special_tokens=False)
+    windows, unk_bytes, total_bytes = [], 0, 0
+    for doc, enc in zip(docs, encodings, strict=True):
+        total_bytes += len(doc.encode("utf-8"))
+        if tokenizer.unk_id is not None:
+            unk_bytes += sum(
+                len(doc[a:b].encode("utf-8"))
+                for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
+                if i == tokenizer.unk_id
+            )
+        ids = [tokenizer.bos_id, *enc.ids]
+        last, begin = len(ids) - 1, 0  # position p predicts ids[p + 1]
+        scored_until = 0
+        while scored_until < last:
+            end = min(begin + context, last)
+            windows.append((ids[begin : end + 1], end - scored_until))
+            scored_until, begin = end, begin + stride
+    per_batch = max(1, batch_tokens // context)
+    nll = correct1 = correct5 = count = unk = 0.0
+    baseline_nll = 0.0
+    log_unigram = None
+    if unigram_counts is not None:
+        log_unigram = (
+            (unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))
+        ).log()
+    windows.sort(key=lambda w: len(w[0]))  # similar lengths together: little padding
+    for i in range(0, len(windows), per_batch):
+        chunk = windows[i : i + per_batch]
+        width = max(len(w) for w, _ in chunk) - 1
+        x = torch.zeros((len(chunk), width), dtype=torch.long)
+        y = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+        for j, (w, scored) in enumerate(chunk):
+            n = len(w) - 1
+            x[j, :n] = torch.tensor(w[:-1])
+            y[j, n - scored : n] = torch.tensor(w[n - scored + 1 :])
+        logits = model(x.to(device)).logits.float()
+        keep = y != IGNORE
+        logp = logits.log_softmax(dim=-1)[keep.to(device)].cpu()
+        targets = y[keep]
+        nll -= float(logp.gather(-1, targets[:, None]).sum())
+        top5 = logp.topk(min(5, logp.shape[-1]), dim=-1).indices
+        correct1 += float((top5[:, 0] == targets).sum())
+        correct5 += float((top5 == targets[:, None]).any(dim=-1).sum())
+        count += len(targets)
+        if tokenizer.unk_id is not None:
+            unk += float((targets == tokenizer.unk_id).sum())
+        if log_unigram is not None:
+            baseline_nll -= float(log_unigram[targets].sum())
+    if not count:
+        raise UserError("There is no text to evaluate (every document is empty).")
+    bits = nll / LN2 + 8 * unk_bytes
+    result = {
+        "documents": len(docs),
+        "tokens": int(count),
+        "bytes": total_bytes,
+        "loss_per_token": nll / count,
+        "perplexity": math.exp(nll / count),
+        "bits_per_byte": bits / total_bytes,
+        "top1_accuracy": correct1 / count,
+        "top5_accuracy": correct5 / count,
+        "unk_rate": unk / count,
+        "unk_bits_per_byte": 8 * unk_bytes / total_bytes,
+    }
+    if log_unigram is not None:
+        result["baselines"] = {
+            "unigram": {"bits_per_byte": (baseline_nll / LN2 + 8 * unk_bytes) / total_bytes}
+        }
+    return result
+
+
+def format_text_table(result: dict) -> str:
+    lines = [
+        f"Documents: {result['documents']:,}, {result['tokens']:,} tokens, {result['bytes']:,} bytes",
+        f"  loss per token      {result['loss_per_token']:.4f} nats (perplexity {result['perplexity']:,.1f})",
+        f"  bits per byte       {result['bits_per_byte']:.4f}",
+        f"  top-1 / top-5       {result['top1_accuracy']:.1%} / {result['top5_accuracy']:.1%}",
+    ]
+    if result["unk_rate"]:
+        lines.append(
+            f"  <UNK> rate          {result['unk_rate']:.1%} (charged {result['unk_bits_per_byte']:.3f}"
+            " bits/byte for the words they hide; case and punctuation are not predicted)"
+        )
+    for name, fig in result.get("baselines", {}).items():
+        lines.append(f"  {name} baseline    {fig['bits_per_byte']:.4f} bits per byte")
+    return "\n".join(lines)
+
+
 def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 0) -> dict:
     """Evaluate a run's best weights on its test split (or on `data`); save the figures."""
-    from tinylm.data.words import load_words
-    from tinylm.device import pick_device
-    from tinylm.errors import UserError
-
     cfg = run.config()
     tokenizer = run.tokenizer(cfg)
     model = run.load_model(cfg, tokenizer).to(pick_device())
+    if cfg.data.kind == "text":
+        result = _evaluate_text_run(run, cfg, model, tokenizer, data)
+    else:
+        result = _evaluate_words_run(run, cfg, model, tokenizer, data, samples, seed)
+    result["data"] = data or "test split"
+    name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
+    run.write_json(name, result)
+    return result
+
+
+def _evaluate_words_run(run, cfg, model, tokenizer, data, samples, seed) -> dict:
     train_words = run.read_split("train")
     if data:
         words = load_words(data, cfg.data.min_len, cfg.data.max_len)
@@ -224,8 +339,24 @@ def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 
         seed=seed,
         max_length=cfg.data.max_len,
     )
-    result["data"] = data or "test split"
     result["skipped_words"] = skipped
-    name = "eval.json" if not data else f"eval-{Path(data).stem}.json"
-    run.write_json(name, result)
     return result
+
+
+def _evaluate_text_run(run, cfg, model, tokenizer, data) -> dict:
+    from tinylm import datasets
+    from tinylm.data.text import load_corpus
+
+    corpus, split = datasets.text_split(run, cfg)
+    if data:
+        docs = load_corpus(data, cfg.data.text_field, cfg.data.hf_split).documents
+    else:
+        docs = [corpus.documents[i] for i in split["test"]]
+        if not docs:
+            raise UserError(
+                f"{run.path} has no test documents (data.test_fraction was 0); pass --data SRC."
+            )
+    counts = datasets.train_token_counts(cfg, corpus, split, tokenizer)
+    return evaluate_text(
+        model, tokenizer, docs, context=cfg.model.context_length, unigram_counts=counts
+    )

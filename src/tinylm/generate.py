@@ -148,3 +148,55 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         g.manual_seed(seed)
     return g
+
+
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 25,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces, stopping at end-of-text.
+
+    Pieces are the new part of the decoded text, so word-level tokens come with their spaces
+    and a UTF-8 character split over byte-level tokens is held back until it is whole.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if isinstance(model, Seq2Seq):
+        raise UserError("This is a seq2seq word model; use `tinylm complete RUN PREFIX`.")
+    if max_new_tokens < 1:
+        raise UserError(f"max-new-tokens must be at least 1, not {max_new_tokens}.")
+    tokenizer.check_chars(prompt)
+    prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    # <UNK> says nothing to a reader, so it is never sampled
+    banned = tuple(i for i in (tokenizer.pad_id, tokenizer.unk_id) if i is not None)
+    new: list[int] = []
+    shown = ""
+    for nxt in stream_tokens(
+        model,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_id=tokenizer.eos_id,
+        banned=banned,
+        generator=generator,
+    ):
+        token = int(nxt[0])
+        if token == tokenizer.eos_id:
+            return
+        new.append(token)
+        text = tokenizer.decode(new)
+        if tokenizer.kind == "word":
+            text = " " + text  # words are joined by spaces, the first one to the prompt too
+        if text.endswith("\ufffd"):
+            continue
+        piece, shown = text[len(shown) :], text
+        if piece:
+            yield piece

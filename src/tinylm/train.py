@@ -20,16 +20,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tinylm import datasets
 from tinylm import distributed as dist
 from tinylm.config import RunConfig, TrainConfig
-from tinylm.data.batching import IGNORE, WordBatches
-from tinylm.data.words import SPLIT_SEED, load_words, split_words
+from tinylm.data.batching import IGNORE
 from tinylm.device import autocast, autocast_dtype, pick_device
 from tinylm.errors import UserError
 from tinylm.models import build_model
 from tinylm.plots import plot_losses
 from tinylm.runs import Run
-from tinylm.tokenizer import build_char
 
 
 @dataclass
@@ -299,64 +298,59 @@ def check_out(out: Path, resume: bool) -> None:
         raise UserError(f"{out} exists and is not an empty folder; choose another --out.")
 
 
-def prepare(cfg: RunConfig, out: Path, resume: bool):
-    """Data, tokenizer and run directory for training: (run, cfg, tokenizer, train, val)."""
-    if cfg.data.kind != "words":
-        raise UserError(f"Unknown data.kind '{cfg.data.kind}'.")
-    if resume:
-        run = Run.open(out)
-        tokenizer = run.tokenizer(cfg)
-        splits = {name: run.read_split(name) for name in ("train", "val")}
-    else:
-        words = load_words(cfg.data.source, cfg.data.min_len, cfg.data.max_len)
-        splits = split_words(words, cfg.data.val_fraction, cfg.data.test_fraction)
-        tokenizer = build_char(words)
-        cfg.model.context_length = cfg.data.max_len + 1
-        run = Run.create(out, cfg, tokenizer)
-        for name, part in splits.items():
-            run.save_split(name, part)
-        run.write_json(
-            "split/split.json",
-            {
-                "source": cfg.data.source,
-                "rule": f"unique words shuffled with seed {SPLIT_SEED}; test first, then val",
-                "counts": {name: len(part) for name, part in splits.items()},
-            },
-        )
-    arch, seed = cfg.model.arch, cfg.train.seed
-    train_data = WordBatches(splits["train"], tokenizer, cfg.train.batch_tokens, seed, arch)
-    val_data = WordBatches(splits["val"], tokenizer, max(cfg.train.batch_tokens, 8192), seed, arch)
-    return run, cfg, tokenizer, train_data, val_data
-
-
 def train_run(
     cfg: RunConfig,
     out: Path,
     *,
     resume: bool = False,
+    init_from: Path | None = None,
     should_stop: Callable[[TrainState], bool] | None = None,
     show_progress: bool = True,
 ) -> tuple[Run, dict]:
-    """Prepare, build or restore the model, and fit. Returns the run and fit's summary."""
-    check_out(out, resume)
+    """Prepare data and run directory, build / restore / fine-tune the model, and fit.
+
+    Under several processes, rank 0 prepares (tokenizer, token cache, run directory) while the
+    others wait, then reload what it recorded.
+    """
+    env = dist.current()
+    out = Path(out)
+    tokenizer = source_model = None
+    if init_from is not None:
+        source = Run.open(init_from)
+        tokenizer = source.tokenizer()
+        source_model = source.load_model(tokenizer=tokenizer)
     if resume:
         saved = Run.open(out).config()
         saved.train.time, saved.train.max_steps = cfg.train.time, cfg.train.max_steps
         cfg = saved
-    run, cfg, tokenizer, train_data, val_data = prepare(cfg, out, resume)
-    if resume:
-        run.save_config(cfg)  # the budget may have changed
+    if env.is_main:
+        check_out(out, resume)
+        if resume:
+            run = Run.open(out)
+            run.save_config(cfg)  # the budget may have changed
+            data = datasets.reload(run, cfg)
+        else:
+            run, data = datasets.new_run(cfg, out, tokenizer)
+    dist.barrier(env)
+    if not env.is_main:
+        run = Run.open(out)
+        cfg = run.config()
+        data = datasets.reload(run, cfg)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
-    model = build_model(cfg.model, tokenizer)
+    model = build_model(cfg.model, data.tokenizer)
+    if source_model is not None:
+        model.load_state_dict(source_model.state_dict())
+    if data.note and env.is_main and show_progress:
+        print(f"Data: {data.note}.", file=sys.stderr)
     summary = fit(
         run,
         cfg.train,
         model,
-        train_data,
-        val_data,
-        tokenizer=tokenizer,
+        data.train,
+        data.val,
+        tokenizer=data.tokenizer,
         resume=resume,
-        unit="chars" if tokenizer.kind == "char" else "tokens",
+        unit=data.unit,
         should_stop=should_stop,
         show_progress=show_progress,
     )

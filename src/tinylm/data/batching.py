@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 IGNORE = -100
@@ -93,3 +94,38 @@ class WordBatches:
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+class TokenWindows:
+    """Windows of a packed token stream: random ones for training (nanoGPT style), consecutive
+    non-overlapping ones for validation. Each target is the token after its input."""
+
+    def __init__(self, tokens: np.ndarray, context: int, batch_tokens: int, seed: int):
+        self.tokens, self.context, self.seed = tokens, context, seed
+        self.batch_size = max(1, batch_tokens // context)
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * world_size + rank)
+        high = len(self.tokens) - self.context
+        starts = torch.randint(0, high, (self.batch_size,), generator=g).tolist()
+        rows = np.stack([self.tokens[s : s + self.context + 1] for s in starts]).astype(np.int64)
+        rows = torch.from_numpy(rows)
+        return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
+
+    def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        n, T = len(self.tokens), self.context
+        starts = list(range(0, max(n - 1, 1), T))
+        for i in range(0, len(starts), self.batch_size):
+            rows = [
+                self.tokens[s : s + T + 1].astype(np.int64) for s in starts[i : i + self.batch_size]
+            ]
+            rows = [r for r in rows if len(r) >= 2]
+            if not rows:
+                return
+            width = max(len(r) for r in rows)
+            x = torch.full((len(rows), width - 1), 0, dtype=torch.long)
+            y = torch.full((len(rows), width - 1), IGNORE, dtype=torch.long)
+            for j, r in enumerate(rows):
+                x[j, : len(r) - 1] = torch.from_numpy(r[:-1])
+                y[j, : len(r) - 1] = torch.from_numpy(r[1:])
+            yield {"input_ids": x, "targets": y}

@@ -1,0 +1,88 @@
+"""Benchmark W (BENCHMARKS.md): train a word preset for 300 s on the shared train list, then
+score all 10,000 test words. Prints one JSON line.
+
+    python bench/words.py                       # the default preset, 300 s
+    python bench/words.py --preset words-seq2seq
+    python bench/words.py --time 60 model.d_model=192   # any override, for experiments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tinylm.config import apply_overrides, load_preset
+from tinylm.data.words import load_words
+from tinylm.evaluate import evaluate_words
+from tinylm.generate import complete
+from tinylm.models import param_breakdown
+from tinylm.train import train_run
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "words"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="words")
+    p.add_argument("--time", type=float, default=300.0, help="training seconds")
+    p.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("TINYLM_BENCH_WORDS", DEFAULT_DATA))
+    )
+    p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
+
+    cfg = apply_overrides(load_preset(args.preset), args.overrides)
+    cfg.data.source = str(args.data / "train.txt")
+    cfg.data.test_fraction = 0.0  # the benchmark's test list is separate; never train on it
+    cfg.train.time, cfg.train.max_steps, cfg.train.seed = args.time, None, args.seed
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-words-")) / "run"
+    run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
+
+    model = run.load_model()
+    tokenizer = run.tokenizer()
+    test = load_words(str(args.data / "test.txt"))
+    train = run.read_split("train")
+    result = evaluate_words(model, tokenizer, test, train, samples=0)
+
+    prefixes = [w[:3] for w in test[:200]]
+    complete(model, tokenizer, prefixes[0], temperature=0)  # warm up
+    times = []
+    for prefix in prefixes:
+        t0 = time.perf_counter()
+        complete(model, tokenizer, prefix, temperature=0)
+        times.append((time.perf_counter() - t0) * 1000)
+
+    print(
+        json.dumps(
+            {
+                "bench": "W",
+                "preset": args.preset,
+                "overrides": args.overrides,
+                "M1_bits_per_char": round(result["bits_per_char"], 4),
+                "M2_next_char_accuracy": round(result["next_char_accuracy"], 4),
+                "params": param_breakdown(model)["total"],
+                "train_seconds": round(summary["elapsed"], 1),
+                "steps": summary["step"],
+                "stopped": summary["reason"],
+                "train_chars_per_s": round(summary["unit_per_s"]),
+                "ms_per_completion": round(statistics.median(times), 2),
+                "test_words": result["words"],
+                "run": str(run.path),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

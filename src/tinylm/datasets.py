@@ -1,0 +1,170 @@
+"""Everything a run needs from its data: the split, the tokenizer and the batches.
+
+A new run builds them (and records the split in the run directory); a resumed run, another
+rank of a distributed run, or `tinylm eval` reloads them from what the run directory recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinylm.config import RunConfig
+from tinylm.data.batching import TokenWindows, WordBatches
+from tinylm.data.prepare import fingerprint, open_tokens, prepare_tokens
+from tinylm.data.text import Corpus, load_corpus, split_documents
+from tinylm.data.words import SPLIT_SEED, load_words, split_words
+from tinylm.errors import UserError
+from tinylm.runs import Run
+from tinylm.tokenizer import Tokenizer, build_bpe, build_char, build_word
+
+
+@dataclass
+class RunData:
+    tokenizer: Tokenizer
+    train: WordBatches | TokenWindows
+    val: WordBatches | TokenWindows
+    unit: str  # what a target is: "chars" or "tokens"
+    note: str = ""  # e.g. preparation throughput, for the training summary
+
+
+def build_tokenizer(cfg: RunConfig, texts: list[str]) -> Tokenizer:
+    kind, size = cfg.tokenizer.kind, cfg.tokenizer.vocab_size
+    if kind == "char":
+        return build_char(texts)
+    if kind == "word":
+        return build_word(texts, size or 10_000, length=len(texts))
+    if kind == "bpe":
+        return build_bpe(texts, size or 4096, length=len(texts))
+    raise UserError(f"Unknown tokenizer.kind '{kind}'; choose char, word or bpe.")
+
+
+def new_run(cfg: RunConfig, out, tokenizer: Tokenizer | None = None) -> tuple[Run, RunData]:
+    """Split the data, build the tokenizer (unless given), create the run directory."""
+    if cfg.data.kind == "words":
+        words = load_words(cfg.data.source, cfg.data.min_len, cfg.data.max_len)
+        splits = split_words(words, cfg.data.val_fraction, cfg.data.test_fraction)
+        tokenizer = tokenizer or build_tokenizer(cfg, words)
+        cfg.model.context_length = cfg.data.max_len + 1
+        run = Run.create(out, cfg, tokenizer)
+        for name, part in splits.items():
+            run.save_split(name, part)
+        counts = {name: len(part) for name, part in splits.items()}
+        rule = f"unique words shuffled with seed {SPLIT_SEED}; test first, then val"
+        run.write_json(
+            "split/split.json", {"source": cfg.data.source, "rule": rule, "counts": counts}
+        )
+        return run, word_data(cfg, tokenizer, splits)
+    if cfg.data.kind == "text":
+        corpus = load_text_corpus(cfg)
+        split = split_documents(corpus.documents, cfg.data.val_fraction, cfg.data.test_fraction)
+        if tokenizer is None:
+            key = fingerprint(
+                split_key(cfg, corpus), cfg.tokenizer.kind, str(cfg.tokenizer.vocab_size)
+            )
+            tokenizer = cached_tokenizer(cfg, key, [corpus.documents[i] for i in split["train"]])
+        run = Run.create(out, cfg, tokenizer)
+        run.write_json(
+            "split/split.json",
+            {
+                "source": cfg.data.source,
+                "fingerprint": corpus.fingerprint,
+                "rule": "by document: SHA-1 of its text, as a fraction of 2**64, below "
+                "test_fraction -> test, below test_fraction + val_fraction -> val",
+                "counts": {name: len(ids) for name, ids in split.items()},
+                "val": split["val"],
+                "test": split["test"],
+            },
+        )
+        return run, text_data(cfg, tokenizer, corpus, split)
+    raise UserError(f"Unknown data.kind '{cfg.data.kind}'; choose words or text.")
+
+
+def reload(run: Run, cfg: RunConfig) -> RunData:
+    """The same data for an existing run (resume, or a second rank)."""
+    tokenizer = run.tokenizer(cfg)
+    if cfg.data.kind == "words":
+        splits = {name: run.read_split(name) for name in ("train", "val")}
+        return word_data(cfg, tokenizer, splits)
+    corpus, split = text_split(run, cfg)
+    return text_data(cfg, tokenizer, corpus, split)
+
+
+def word_data(cfg: RunConfig, tokenizer: Tokenizer, splits) -> RunData:
+    arch, seed, batch = cfg.model.arch, cfg.train.seed, cfg.train.batch_tokens
+    train = WordBatches(splits["train"], tokenizer, batch, seed, arch)
+    val = WordBatches(splits["val"], tokenizer, max(batch, 8192), seed, arch)
+    return RunData(tokenizer, train, val, "chars")
+
+
+def split_key(cfg: RunConfig, corpus: Corpus) -> str:
+    """The split is a function of the corpus and the fractions; so is anything cached from it."""
+    return f"{corpus.fingerprint}/{cfg.data.val_fraction}/{cfg.data.test_fraction}"
+
+
+def load_text_corpus(cfg: RunConfig) -> Corpus:
+    return load_corpus(cfg.data.source, cfg.data.text_field, cfg.data.hf_split)
+
+
+def text_split(run: Run, cfg: RunConfig) -> tuple[Corpus, dict[str, list[int]]]:
+    """Reload the corpus and its split, and check it is the data the run was trained on."""
+    corpus = load_text_corpus(cfg)
+    record = run.read_json("split/split.json") or {}
+    if record.get("fingerprint") not in (None, corpus.fingerprint):
+        raise UserError(
+            f"The data at {cfg.data.source} changed since {run.path} was trained on it; "
+            "its split would not be the same."
+        )
+    split = split_documents(corpus.documents, cfg.data.val_fraction, cfg.data.test_fraction)
+    return corpus, split
+
+
+def cached_tokenizer(cfg: RunConfig, key: str, train_docs: list[str]) -> Tokenizer:
+    """Train the tokenizer on the training documents once per (data, kind, size)."""
+    from tinylm.data.prepare import cache_root
+
+    path = cache_root() / "tokenizers" / key / "tokenizer.json"
+    if path.is_file():
+        return Tokenizer.load(path.parent, cfg.tokenizer.kind)
+    tokenizer = build_tokenizer(cfg, train_docs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(path.parent)
+    return tokenizer
+
+
+def text_data(cfg: RunConfig, tokenizer: Tokenizer, corpus: Corpus, split) -> RunData:
+    meta = prepare_tokens(
+        corpus, split, tokenizer, fingerprint(split_key(cfg, corpus), tokenizer.tok.to_str())
+    )
+    train_tokens, val_tokens = open_tokens(meta, "train"), open_tokens(meta, "val")
+    ctx = cfg.model.context_length
+    if len(train_tokens) < ctx + 1:
+        raise UserError(
+            f"The training split has {len(train_tokens):,} tokens, fewer than one training "
+            f"sequence ({ctx + 1}); give more text or a smaller model.context_length."
+        )
+    if len(val_tokens) < 2:
+        raise UserError("The validation split is empty; give more documents or a larger data.val_fraction.")  # fmt: skip
+    seed, batch = cfg.train.seed, cfg.train.batch_tokens
+    note = (
+        "token cache reused"
+        if meta["cached"]
+        else f"prepared {meta['bytes'] / 1e6:.1f} MB in {meta['seconds']:.1f} s "
+        f"({meta['mb_per_s']:.1f} MB/s)"
+    )
+    return RunData(
+        tokenizer,
+        TokenWindows(train_tokens, ctx, batch, seed),
+        TokenWindows(val_tokens, ctx, max(batch, 8192), seed),
+        "tokens",
+        note,
+    )
+
+
+def train_token_counts(cfg: RunConfig, corpus: Corpus, split, tokenizer: Tokenizer):
+    """How often each token occurs in the training split (for the unigram baseline)."""
+    import numpy as np
+    import torch
+
+    key = fingerprint(split_key(cfg, corpus), tokenizer.tok.to_str())
+    tokens = open_tokens(prepare_tokens(corpus, split, tokenizer, key), "train")
+    return torch.from_numpy(np.bincount(tokens, minlength=tokenizer.vocab_size).astype(np.int64))

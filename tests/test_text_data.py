@@ -1,0 +1,168 @@
+import importlib
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config
+from tinylm.data import prepare
+from tinylm.data.text import cut_text, load_corpus, split_documents
+from tinylm.errors import UserError
+from tinylm.train import train_run
+
+DOCS = synthetic_documents(12, 40)
+
+
+def test_every_source_format_gives_the_same_documents(tmp_path):
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"text": d, "meta": 1}) + "\n" for d in DOCS[:4])
+    )
+    (tmp_path / "b.json").write_text(json.dumps([{"text": d} for d in DOCS[4:8]]))
+    pq.write_table(pa.table({"text": DOCS[8:]}), tmp_path / "c.parquet")
+    whole = load_corpus(str(tmp_path)).documents  # a folder: every file, sorted
+    assert whole == DOCS
+    assert load_corpus(str(tmp_path / "*.json*")).documents == DOCS[:8]  # a glob
+    assert load_corpus(str(tmp_path / "c.parquet")).documents == DOCS[8:]
+    (tmp_path / "d.txt").write_text("\n\n".join(DOCS))
+    assert "".join(load_corpus(str(tmp_path / "d.txt")).documents).replace("\n\n", "") == "".join(
+        DOCS
+    )
+
+
+def test_text_files_are_cut_at_paragraphs():
+    paragraphs = [f"paragraph {i} " + "x" * 3000 for i in range(20)]
+    pieces = cut_text("\n\n".join(paragraphs), size=16_000)
+    assert len(pieces) == 4 and all(len(p) <= 16_000 for p in pieces)
+    assert "\n\n".join(pieces) == "\n\n".join(paragraphs)
+    assert cut_text("short") == ["short"]
+
+
+def test_fingerprint_follows_content(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"text": "one"}) + "\n")
+    first = load_corpus(str(path)).fingerprint
+    assert load_corpus(str(path)).fingerprint == first
+    path.write_text(json.dumps({"text": "two"}) + "\n")
+    assert load_corpus(str(path)).fingerprint != first
+
+
+def test_split_is_by_document_deterministic_and_order_free():
+    docs = synthetic_documents(200, 10)
+    a = split_documents(docs, 0.1, 0.1)
+    b = split_documents(list(reversed(docs)), 0.1, 0.1)
+    names = lambda s, ds: {k: sorted(ds[i] for i in v) for k, v in s.items()}  # noqa: E731
+    assert names(a, docs) == names(b, list(reversed(docs)))
+    assert sorted(a["train"] + a["val"] + a["test"]) == list(range(200))
+    assert 5 < len(a["val"]) < 40 and 5 < len(a["test"]) < 40
+
+
+@pytest.mark.parametrize(
+    "content,phrase",
+    [
+        ("", "no text"),
+        ('{"body": "x"}\n', "no 'text' field"),
+        ("not json\n", "not a JSON object"),
+    ],
+)
+def test_bad_corpora_get_one_sentence(tmp_path, content, phrase):
+    path = tmp_path / "c.jsonl"
+    path.write_text(content)
+    with pytest.raises(UserError, match=phrase):
+        load_corpus(str(path))
+
+
+def test_unsupported_and_missing_sources(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(UserError, match="unsupported"):
+        load_corpus(str(tmp_path / "x.csv"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_corpus(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match="No .* file matches"):
+        load_corpus(str(tmp_path / "*.parquet"))
+
+
+def test_offline_hub_fails_fast_with_one_sentence(monkeypatch):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="Cannot reach the Hugging Face hub"):
+        load_corpus("hf:NeelNanda/pile-10k")
+    assert time.perf_counter() - start < 5
+
+
+def test_unknown_hub_dataset(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    def missing(*args, **kwargs):
+        # the HTTP library huggingface_hub is built on (httpx or its successor)
+        http = importlib.import_module(HfHubHTTPError.__mro__[1].__module__.split(".")[0])
+        request = http.Request("GET", "https://huggingface.co/api/datasets/someone/nothing")
+        raise RepositoryNotFoundError("404", response=http.Response(404, request=request))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "dataset_info", missing)
+    with pytest.raises(UserError, match="no dataset 'someone/nothing'"):
+        load_corpus("hf:someone/nothing")
+
+
+def test_token_cache_makes_a_second_run_start_at_once(tmp_path, text_file, monkeypatch):
+    extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=200"]
+    cfg = tiny_config("pile-word", data=text_file, steps=2, extra=extra)
+    train_run(cfg, tmp_path / "first", show_progress=False)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again despite the cache")
+
+    monkeypatch.setattr(prepare, "pack_documents", no_tokenizing)
+    cfg = tiny_config("pile-word", data=text_file, steps=2, extra=extra)
+    run, _ = train_run(cfg, tmp_path / "second", show_progress=False)
+    assert (run.path / "tokenizer.json").read_text() == (
+        tmp_path / "first/tokenizer.json"
+    ).read_text()
+
+
+def test_packed_tokens_start_each_document_with_end_of_text(tmp_path, text_file):
+    from tinylm import datasets
+    from tinylm.runs import Run
+
+    cfg = tiny_config(
+        "pile-bpe", data=text_file, steps=1, extra=[*TINY_TEXT_MODEL, "tokenizer.vocab_size=300"]
+    )
+    run, _ = train_run(cfg, tmp_path / "r", show_progress=False)
+    cfg = Run.open(run.path).config()
+    data = datasets.reload(run, cfg)
+    tokens = data.train.tokens
+    assert tokens.dtype.name == "uint16"
+    eos = data.tokenizer.eos_id
+    assert tokens[0] == eos
+    corpus, split = datasets.text_split(run, cfg)
+    assert int((tokens == eos).sum()) == len(split["train"])  # one per document
+    first_doc = corpus.documents[split["train"][0]]
+    n = len(data.tokenizer.encode(first_doc))
+    assert data.tokenizer.decode(tokens[1 : n + 1].tolist()) == first_doc
+
+
+def test_corpus_shorter_than_one_sequence(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("".join(json.dumps({"text": f"word{i} and more"}) + "\n" for i in range(12)))
+    extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=280", "model.context_length=512"]
+    cfg = tiny_config("pile-bpe", data=path, steps=2, extra=extra)
+    with pytest.raises(UserError, match="fewer than one training sequence"):
+        train_run(cfg, tmp_path / "r", show_progress=False)
+
+
+def test_empty_corpus(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(json.dumps({"text": "   "}) + "\n")
+    cfg = tiny_config("pile-bpe", data=path, steps=2, extra=TINY_TEXT_MODEL)
+    with pytest.raises(UserError, match="no text"):
+        train_run(cfg, tmp_path / "r", show_progress=False)

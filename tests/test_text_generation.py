@@ -1,0 +1,145 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY_TEXT_MODEL, tiny_config
+from tinylm.cli import main
+from tinylm.evaluate import evaluate_run
+from tinylm.generate import generate_text, make_generator, stream_tokens
+from tinylm.train import train_run
+
+
+@pytest.mark.parametrize("preset", ["pile-word", "pile-bpe"])
+def test_transformers_loads_the_run_and_computes_the_same(text_runs, preset):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = text_runs[preset]
+    ours = run.load_model()
+    hf = AutoModelForCausalLM.from_pretrained(run.path).eval()
+    tok = AutoTokenizer.from_pretrained(run.path)
+    ids = tok("the quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b = ours(ids).logits, hf(ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    # greedy generation: transformers' generate and tinylm's sampler agree token for token
+    out = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
+    mine = list(stream_tokens(ours, ids[0].tolist(), max_new_tokens=8, temperature=0,
+                              stop_id=run.tokenizer().eos_id))  # fmt: skip
+    assert out[0, ids.shape[1] :].tolist()[: len(mine)] == [int(t) for t in mine]
+
+
+def test_generation_respects_max_new_tokens(text_runs):
+    model = text_runs["pile-bpe"].load_model()
+    steps = list(stream_tokens(model, [0, 5, 6], max_new_tokens=7, temperature=1.0,
+                               generator=make_generator(0)))  # fmt: skip
+    assert len(steps) == 7
+    # longer than the context: the window slides, generation goes on
+    ctx = model.cfg.context_length
+    assert len(list(stream_tokens(model, [0] * (ctx - 2), max_new_tokens=ctx, temperature=1.0,
+                                  generator=make_generator(0)))) == ctx  # fmt: skip
+
+
+def test_generation_stops_at_end_of_text(text_runs):
+    run = text_runs["pile-word"]
+    model, tok = run.load_model(), run.tokenizer()
+    calls = []
+
+    def end_after_three_words(module, inputs, logits):
+        calls.append(1)
+        if len(calls) > 3:  # the prompt, then two more steps: make end-of-text certain
+            logits[..., tok.eos_id] = 1e4
+        return logits
+
+    model.lm_head.register_forward_hook(end_after_three_words)
+    pieces = list(generate_text(model, tok, "the", max_new_tokens=20, temperature=1.0,
+                                generator=make_generator(0)))  # fmt: skip
+    assert len(pieces) == 3 and all(p.startswith(" ") for p in pieces)
+
+
+def test_generate_command_streams_text(text_runs, capsys):
+    code = main(["generate", str(text_runs["pile-bpe"].path), "Once", "--seed", "1",
+                 "--max-new-tokens", "12"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("Once") and len(out) > len("Once\n")
+    again = main(["generate", str(text_runs["pile-bpe"].path), "Once", "--seed", "1",
+                  "--max-new-tokens", "12"])  # fmt: skip
+    assert again == 0 and capsys.readouterr().out == out  # a seed makes it reproducible
+
+
+def test_chat_loop_through_stdin(text_runs):
+    run = text_runs["pile-word"]
+    cmd = [sys.executable, "-m", "tinylm.cli", "chat", str(run.path), "--seed", "0"]
+    result = subprocess.run(cmd, input="hello there\n\n   \nthe dog\nquit\nnever read\n",
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("> ") == 5  # two answers, two empty lines ignored, then quit
+    assert "hello there" in result.stdout and "the dog" in result.stdout
+    assert "never read" not in result.stdout
+    eof = subprocess.run(cmd, input="hello\n", capture_output=True, text=True, timeout=120)
+    assert eof.returncode == 0 and eof.stdout.count("> ") == 2  # Ctrl-D ends it too
+
+
+def test_text_eval_is_honest_about_unknown_words(text_runs):
+    word = evaluate_run(text_runs["pile-word"])
+    bpe = evaluate_run(text_runs["pile-bpe"])
+    for r in (word, bpe):
+        assert r["tokens"] > 100 and r["bytes"] > 1000
+        assert 0 < r["top1_accuracy"] <= r["top5_accuracy"] <= 1
+        assert r["perplexity"] == pytest.approx(2.718281828 ** r["loss_per_token"], rel=1e-6)
+    assert bpe["unk_rate"] == 0 and bpe["unk_bits_per_byte"] == 0
+    assert word["unk_rate"] > 0.01  # the synthetic corpus has rare words by design
+    assert word["unk_bits_per_byte"] > 0
+    model_only = word["loss_per_token"] * word["tokens"] / 0.693147 / word["bytes"]
+    assert word["bits_per_byte"] == pytest.approx(model_only + word["unk_bits_per_byte"], rel=1e-4)
+    for r in (word, bpe):
+        assert r["bits_per_byte"] < r["baselines"]["unigram"]["bits_per_byte"]
+
+
+def test_eval_command_on_another_source(text_runs, text_file, capsys):
+    code = main(["eval", str(text_runs["pile-bpe"].path), "--data", str(text_file), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["documents"] == 80 and result["data"] == str(text_file)
+
+
+def test_plot_several_runs(text_runs, tmp_path, capsys):
+    out = tmp_path / "both.png"
+    code = main(["plot", *(str(r.path) for r in text_runs.values()), "-o", str(out), "--x", "time"])
+    assert code == 0 and out.stat().st_size > 5000
+
+
+def test_continued_training_keeps_the_tokenizer_and_starts_from_the_weights(text_runs, tmp_path):
+    source = text_runs["pile-bpe"]
+    new_text = tmp_path / "mine.txt"
+    new_text.write_text(
+        ("Domain words: enzyme kinetics, substrate, catalysis. " * 40 + "\n\n") * 30
+    )
+    out = tmp_path / "adapted"
+    code = main(["train", "--init-from", str(source.path), "--data", str(new_text), "--out",
+                 str(out), "--max-steps", "1", "train.lr=0", "--no-report"])  # fmt: skip
+    assert code == 0
+    assert (out / "tokenizer.json").read_text() == (source.path / "tokenizer.json").read_text()
+    a, b = (
+        source.load_model().state_dict(),
+        train_run.__globals__["Run"].open(out).load_model().state_dict(),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the weights are the source's
+    code = main(["train", "--init-from", str(source.path), "--data", str(new_text),
+                 "model.d_model=64"])  # fmt: skip
+    assert code == 2
+
+
+def test_text_run_resume_is_exact(tmp_path, text_file):
+    extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300", "train.eval_every=10"]
+    whole, _ = train_run(tiny_config("pile-bpe", data=text_file, steps=30, extra=extra),
+                         tmp_path / "whole", show_progress=False)  # fmt: skip
+    train_run(tiny_config("pile-bpe", data=text_file, steps=30, extra=extra), tmp_path / "part",
+              should_stop=lambda s: s.step == 13, show_progress=False)  # fmt: skip
+    part, _ = train_run(tiny_config("pile-bpe", data=text_file, steps=30, extra=extra),
+                        tmp_path / "part", resume=True, show_progress=False)  # fmt: skip
+    from safetensors.torch import load_file
+
+    a, b = load_file(whole.checkpoint_path), load_file(part.checkpoint_path)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))

@@ -1,0 +1,49 @@
+from conftest import synthetic_documents
+from tinylm.tokenizer import Tokenizer, build_bpe, build_char, build_word
+
+TEXT = "Héllo, wörld! The naïve café — 3.14 × 2 = 6.28; emoji 🙂 and tabs\tand\nnew lines."
+
+
+def test_bpe_round_trips_any_text(tmp_path):
+    tok = build_bpe(synthetic_documents(30, 50) + [TEXT], vocab_size=400)
+    assert tok.vocab_size <= 400 and tok.unk_id is None
+    for text in (TEXT, "   leading spaces", "", "日本語のテキスト", "x" * 500):
+        assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path)
+    again = Tokenizer.load(tmp_path, "bpe")
+    assert again.encode(TEXT) == tok.encode(TEXT) and again.eos_id == tok.eos_id
+
+
+def test_word_tokenizer_is_the_notebooks():
+    docs = ["The cat sat on the mat. The dog sat too!"] * 5 + ["A rare zebra appeared."]
+    tok = build_word(docs, vocab_size=8)
+    vocab = tok.tok.get_vocab()
+    assert len(vocab) == 8 and {"<UNK>", "<EOS>"} <= set(vocab)
+    assert tok.id_to_token(tok.unk_id) == "<UNK>" and tok.eos_id == tok.bos_id
+    ids = tok.encode("THE Cat, sat!! on a zebra")
+    words = [tok.id_to_token(i) for i in ids]
+    assert words == ["the", "cat", "sat", "on", "<UNK>", "<UNK>"]  # lowercase, no punctuation
+    assert tok.decode(tok.encode("The cat sat.")) == "the cat sat"
+    assert build_word(synthetic_documents(50, 80), vocab_size=10_000).vocab_size <= 10_000
+
+
+def test_char_tokenizer_round_trip_and_unknown_characters():
+    tok = build_char(["apple", "banana", "zebra"])
+    assert tok.decode(tok.encode("zebra")) == "zebra"
+    assert {tok.pad_id, tok.bos_id, tok.eos_id} == {0, 1, 2}
+    try:
+        tok.check_chars("ap9le")
+    except Exception as e:
+        assert "'9'" in str(e) and "vocabulary" in str(e)
+    else:
+        raise AssertionError("an unknown character was accepted")
+
+
+def test_hugging_face_tokenizer_adds_the_start_token(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_bpe(synthetic_documents(10, 30), vocab_size=300)
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf("Hello world").input_ids == [tok.bos_id, *tok.encode("Hello world")]
+    assert hf.decode(tok.encode(TEXT)) == TEXT
