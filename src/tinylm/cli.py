@@ -99,6 +99,20 @@ def build_parser() -> Parser:
     pl.add_argument("--x", choices=["tokens", "time", "step"], default="tokens")
     pl.set_defaults(func=cmd_plot)
 
+    sv = sub.add_parser("serve", help="HTTP API (OpenAI completions format) and playground page")
+    sv.add_argument("run", type=Path)
+    sv.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-tokens", type=positive_int, default=256, help="most tokens per request")
+    sv.add_argument(
+        "--max-active", type=positive_int, default=64, help="requests generated at once"
+    )
+    sv.add_argument(
+        "--max-queue", type=positive_int, default=256, help="requests waiting; then 503"
+    )
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: TINYLM_API_KEY)")
+    sv.set_defaults(func=cmd_serve)
+
     i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
     i.add_argument("run", type=Path)
     i.set_defaults(func=cmd_info)
@@ -313,6 +327,18 @@ def cmd_plot(args) -> int:
             raise UserError(f"{path} has no metrics yet (metrics.jsonl is empty).")
         curves.append((str(path), records))
     print(plot_losses(curves, args.output, x=args.x))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from tinylm.serve import Limits, serve
+
+    limits = Limits(
+        max_tokens=args.max_tokens, max_active=args.max_active, max_queue=args.max_queue
+    )
+    serve(args.run, args.host, args.port, limits, args.api_key or os.environ.get("TINYLM_API_KEY"))
     return 0
 
 

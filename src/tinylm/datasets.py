@@ -24,7 +24,18 @@ class RunData:
     train: WordBatches | TokenWindows
     val: WordBatches | TokenWindows
     unit: str  # what a target is: "chars" or "tokens"
-    note: str = ""  # e.g. preparation throughput, for the training summary
+    preparation: dict | None = None  # text: the token cache's record (sizes, seconds, MB/s)
+
+    def describe(self) -> str:
+        p = self.preparation
+        if not p:
+            return ""
+        if p["cached"]:
+            return f"token cache reused ({sum(p['tokens'].values()):,} tokens)"
+        return (
+            f"prepared {p['bytes'] / 1e6:.1f} MB into {sum(p['tokens'].values()):,} tokens "
+            f"in {p['seconds']:.1f} s ({p['mb_per_s']:.1f} MB/s)"
+        )
 
 
 def build_tokenizer(cfg: RunConfig, texts: list[str]) -> Tokenizer:
@@ -145,18 +156,12 @@ def text_data(cfg: RunConfig, tokenizer: Tokenizer, corpus: Corpus, split) -> Ru
     if len(val_tokens) < 2:
         raise UserError("The validation split is empty; give more documents or a larger data.val_fraction.")  # fmt: skip
     seed, batch = cfg.train.seed, cfg.train.batch_tokens
-    note = (
-        "token cache reused"
-        if meta["cached"]
-        else f"prepared {meta['bytes'] / 1e6:.1f} MB in {meta['seconds']:.1f} s "
-        f"({meta['mb_per_s']:.1f} MB/s)"
-    )
     return RunData(
         tokenizer,
         TokenWindows(train_tokens, ctx, batch, seed),
         TokenWindows(val_tokens, ctx, max(batch, 8192), seed),
         "tokens",
-        note,
+        meta,
     )
 
 

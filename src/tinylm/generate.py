@@ -43,7 +43,42 @@ def pick_next(logits, temperature: float, top_k: int, top_p: float, generator) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
 
 
-@torch.no_grad()
+class Decoding:
+    """`num` sequences continuing one prompt, with a key/value cache.
+
+    `sample()` picks the next token of each from the current logits; `feed()` appends the
+    chosen tokens and runs the model on just those (when the context is full, the latest half
+    is kept and re-read). The server's engine interleaves many of these, one step each.
+    """
+
+    def __init__(self, model: Decoder, prompt: list[int], num: int = 1):
+        self.model, self.ctx = model, model.cfg.context_length
+        device = model.rope_cos.device
+        self.tokens = torch.tensor([prompt] * num, dtype=torch.long, device=device)[:, -self.ctx :]
+        self.logits = None
+
+    @torch.no_grad()
+    def sample(self, temperature, top_k=0, top_p=1.0, banned=(), generator=None):
+        if self.logits is None:  # the prompt, read once
+            self.cache = self.model.new_cache(len(self.tokens))
+            self.logits = self.model(self.tokens, cache=self.cache).logits[:, -1]
+        logits = self.logits
+        if banned:
+            logits = logits.clone()
+            logits[:, list(banned)] = float("-inf")
+        return pick_next(logits, temperature, top_k, top_p, generator)
+
+    @torch.no_grad()
+    def feed(self, nxt: torch.Tensor) -> None:
+        self.tokens = torch.cat([self.tokens, nxt[:, None]], dim=1)
+        if self.cache.pos >= self.ctx:
+            self.tokens = self.tokens[:, -(self.ctx // 2) :]
+            self.cache = self.model.new_cache(len(self.tokens))
+            self.logits = self.model(self.tokens, cache=self.cache).logits[:, -1]
+        else:
+            self.logits = self.model(nxt[:, None], cache=self.cache).logits[:, -1]
+
+
 def stream_tokens(
     model: Decoder,
     prompt: list[int],
@@ -59,30 +94,17 @@ def stream_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of each of `num` sequences, one step at a time, until every
     sequence has produced `stop_id` or `max_new_tokens` tokens."""
-    device = model.rope_cos.device
-    ctx = model.cfg.context_length
-    tokens = torch.tensor([prompt] * num, dtype=torch.long, device=device)[:, -ctx:]
-    cache = model.new_cache(num)
-    logits = model(tokens, cache=cache).logits[:, -1]
-    done = torch.zeros(num, dtype=torch.bool, device=device)
+    decoding = Decoding(model, prompt, num)
+    done = torch.zeros(num, dtype=torch.bool, device=decoding.tokens.device)
     for i in range(max_new_tokens):
-        if banned:
-            logits[:, list(banned)] = float("-inf")
-        nxt = pick_next(logits, temperature, top_k, top_p, generator)
+        nxt = decoding.sample(temperature, top_k, top_p, banned, generator)
         yield nxt
         if stop_id is not None:
             done |= nxt == stop_id
             if bool(done.all()):
                 return
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        if i == max_new_tokens - 1:
-            return
-        if cache.pos >= ctx:  # context full: keep the latest half and re-read it
-            tokens = tokens[:, -(ctx // 2) :]
-            cache = model.new_cache(num)
-            logits = model(tokens, cache=cache).logits[:, -1]
-        else:
-            logits = model(nxt[:, None], cache=cache).logits[:, -1]
+        if i < max_new_tokens - 1:
+            decoding.feed(nxt)
 
 
 @dataclass
@@ -172,31 +194,52 @@ def generate_text(
     if max_new_tokens < 1:
         raise UserError(f"max-new-tokens must be at least 1, not {max_new_tokens}.")
     tokenizer.check_chars(prompt)
-    prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
-    # <UNK> says nothing to a reader, so it is never sampled
-    banned = tuple(i for i in (tokenizer.pad_id, tokenizer.unk_id) if i is not None)
-    new: list[int] = []
-    shown = ""
+    text = TextStream(tokenizer)
     for nxt in stream_tokens(
         model,
-        prompt_ids,
+        text_prompt(tokenizer, prompt),
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
         stop_id=tokenizer.eos_id,
-        banned=banned,
+        banned=text_banned(tokenizer),
         generator=generator,
     ):
         token = int(nxt[0])
         if token == tokenizer.eos_id:
             return
-        new.append(token)
-        text = tokenizer.decode(new)
-        if tokenizer.kind == "word":
-            text = " " + text  # words are joined by spaces, the first one to the prompt too
-        if text.endswith("\ufffd"):
-            continue
-        piece, shown = text[len(shown) :], text
+        piece = text.add(token)
         if piece:
             yield piece
+
+
+def text_prompt(tokenizer, prompt: str) -> list[int]:
+    """The model input for a prompt: the start token, then the prompt's tokens."""
+    return [tokenizer.bos_id, *tokenizer.encode(prompt)]
+
+
+def text_banned(tokenizer) -> tuple[int, ...]:
+    """Never sampled: padding, and <UNK>, which says nothing to a reader."""
+    return tuple(i for i in (tokenizer.pad_id, tokenizer.unk_id) if i is not None)
+
+
+class TextStream:
+    """Turn generated token ids into text pieces as they come.
+
+    A piece is the new part of the decoded text, so word-level tokens come with their spaces
+    and a UTF-8 character split over byte-level tokens is held back until it is whole.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if self.tokenizer.kind == "word":
+            text = " " + text  # words are joined by spaces, the first one to the prompt too
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self.shown = text[len(self.shown) :], text
+        return piece

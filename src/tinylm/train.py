@@ -340,8 +340,8 @@ def train_run(
     model = build_model(cfg.model, data.tokenizer)
     if source_model is not None:
         model.load_state_dict(source_model.state_dict())
-    if data.note and env.is_main and show_progress:
-        print(f"Data: {data.note}.", file=sys.stderr)
+    if data.preparation and env.is_main and show_progress:
+        print(f"Data: {data.describe()}.", file=sys.stderr)
     summary = fit(
         run,
         cfg.train,
@@ -354,4 +354,5 @@ def train_run(
         should_stop=should_stop,
         show_progress=show_progress,
     )
+    summary["preparation"] = data.preparation
     return run, summary

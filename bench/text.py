@@ -1,0 +1,106 @@
+"""Benchmark T (BENCHMARKS.md): train a text preset for 600 s on the shared development corpus,
+then bits per byte on its held-out documents. Prints one JSON line.
+
+    python bench/text.py --preset pile-bpe
+    python bench/text.py --preset pile-word
+    python bench/text.py --preset pile-bpe --time 120 model.n_layers=6   # experiments
+
+Also reported: preparation throughput (MB/s, first run on a cold cache), training tokens per
+second, and generation tokens per second (batch 1, key/value cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tinylm import datasets
+from tinylm.config import apply_overrides, load_preset
+from tinylm.data.text import load_corpus
+from tinylm.evaluate import evaluate_text
+from tinylm.generate import make_generator, stream_tokens
+from tinylm.models import param_breakdown
+from tinylm.train import train_run
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+
+
+def generation_speed(model, tokenizer, tokens: int = 200) -> float:
+    prompt = [tokenizer.bos_id, *tokenizer.encode("The history of the")]
+    g = make_generator(0)
+    list(stream_tokens(model, prompt, max_new_tokens=8, temperature=1.0, generator=g))  # warm up
+    t0 = time.perf_counter()
+    n = len(list(stream_tokens(model, prompt, max_new_tokens=tokens, temperature=1.0, generator=g)))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="pile-bpe")
+    p.add_argument("--time", type=float, default=600.0, help="training seconds")
+    p.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("TINYLM_BENCH_TEXT", DEFAULT_DATA))
+    )
+    p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--warm-cache", action="store_true", help="reuse the token cache")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
+
+    cfg = apply_overrides(load_preset(args.preset), args.overrides)
+    cfg.data.source = str(args.data / "train.jsonl")
+    cfg.data.test_fraction = 0.0  # the held-out documents are val.jsonl; never train on them
+    cfg.train.time, cfg.train.max_steps, cfg.train.seed = args.time, None, args.seed
+    scratch = Path(tempfile.mkdtemp(prefix="bench-text-"))
+    out = args.out or scratch / "run"
+    if not args.warm_cache:  # measure preparation from nothing
+        os.environ["TINYLM_CACHE"] = str(scratch / "cache")
+    t0 = time.perf_counter()
+    run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
+    wall = time.perf_counter() - t0
+
+    cfg = run.config()
+    model, tokenizer = run.load_model(cfg), run.tokenizer(cfg)
+    held_out = load_corpus(str(args.data / "val.jsonl")).documents
+    corpus, split = datasets.text_split(run, cfg)
+    counts = datasets.train_token_counts(cfg, corpus, split, tokenizer)
+    result = evaluate_text(model, tokenizer, held_out, context=cfg.model.context_length,
+                           unigram_counts=counts)  # fmt: skip
+
+    print(
+        json.dumps(
+            {
+                "bench": "T",
+                "preset": args.preset,
+                "overrides": args.overrides,
+                "bits_per_byte": round(result["bits_per_byte"], 4),
+                "loss_per_token": round(result["loss_per_token"], 4),
+                "perplexity": round(result["perplexity"], 2),
+                "top1_accuracy": round(result["top1_accuracy"], 4),
+                "unk_rate": round(result["unk_rate"], 4),
+                "unigram_bits_per_byte": round(result["baselines"]["unigram"]["bits_per_byte"], 4),
+                "params": param_breakdown(model)["total"],
+                "prepare_mb_per_s": summary["preparation"]["mb_per_s"],
+                "prepare_cached": summary["preparation"]["cached"],
+                "train_seconds": round(summary["elapsed"], 1),
+                "steps": summary["step"],
+                "stopped": summary["reason"],
+                "train_tokens_per_s": round(summary["unit_per_s"]),
+                "generate_tokens_per_s": round(generation_speed(model, tokenizer), 1),
+                "wall_seconds": round(wall, 1),
+                "run": str(run.path),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
