@@ -87,3 +87,41 @@ def test_same_logits_as_transformers_llama(tmp_path):
 def test_bad_shapes_are_refused(d_model, n_heads):
     with pytest.raises(ValueError):
         Decoder(ModelConfig(d_model=d_model, n_heads=n_heads), vocab_size=10)
+
+
+def test_bf16_cpu_attention_path_is_causal_and_agrees():
+    """Under bf16 autocast on a CPU the decoder uses plain matmul attention: same answer."""
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        reference = model(x).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            base = model(x).logits.float()
+            y = x.clone()
+            y[:, 8:] = torch.randint(0, 50, y[:, 8:].shape)
+            changed = model(y).logits.float()
+    assert torch.allclose(base, reference, atol=0.05)
+    assert torch.equal(base[:, :8], changed[:, :8])
+
+
+def test_rows_at_different_positions_decode_like_separate_sequences():
+    """Serving: one batched step over requests of different lengths equals stepping each."""
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    prompts = [[1, 7, 9], [1, 4, 4, 8, 2, 11], [1, 30]]
+    nxt = torch.tensor([[5], [6], [7]])
+    with torch.no_grad():
+        expected = []
+        for p, t in zip(prompts, nxt, strict=True):
+            cache = model.new_cache(1)
+            model(torch.tensor([p]), cache=cache)
+            expected.append(model(t[None], cache=cache).logits[0, -1])
+        pool = model.new_cache(4)  # one row more than needed: unused rows do no harm
+        for i, p in enumerate(prompts):
+            model(torch.tensor([p]), cache=pool.rows(i, i + 1))
+        positions = torch.tensor([3, 6, 2, 0])
+        tokens = torch.cat([nxt, torch.zeros(1, 1, dtype=torch.long)])
+        got = model(tokens, cache=pool, positions=positions).logits[:, -1]
+    for i in range(3):
+        assert torch.allclose(got[i], expected[i], atol=1e-5)

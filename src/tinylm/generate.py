@@ -43,6 +43,14 @@ def pick_next(logits, temperature: float, top_k: int, top_p: float, generator) -
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def sample_next(logits, temperature, top_k=0, top_p=1.0, banned=(), generator=None):
+    """pick_next, never choosing a banned token."""
+    if banned:
+        logits = logits.clone()
+        logits[:, list(banned)] = float("-inf")
+    return pick_next(logits, temperature, top_k, top_p, generator)
+
+
 class Decoding:
     """`num` sequences continuing one prompt, with a key/value cache.
 
@@ -62,11 +70,7 @@ class Decoding:
         if self.logits is None:  # the prompt, read once
             self.cache = self.model.new_cache(len(self.tokens))
             self.logits = self.model(self.tokens, cache=self.cache).logits[:, -1]
-        logits = self.logits
-        if banned:
-            logits = logits.clone()
-            logits[:, list(banned)] = float("-inf")
-        return pick_next(logits, temperature, top_k, top_p, generator)
+        return sample_next(self.logits, temperature, top_k, top_p, banned, generator)
 
     @torch.no_grad()
     def feed(self, nxt: torch.Tensor) -> None:

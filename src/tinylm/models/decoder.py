@@ -32,6 +32,14 @@ class KVCache:
         self.pos = 0  # tokens already in the cache
         self.max_len = max_len
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop of this one, sharing its memory (writes show here)."""
+        view = KVCache.__new__(KVCache)
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
+        view.pos, view.max_len = 0, self.max_len
+        return view
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -49,7 +57,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, positions=None):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -57,26 +65,32 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if cache is not None:
+        if positions is not None:  # one token per row, each at its own position
+            rows = torch.arange(B, device=x.device)
+            cache.k[layer][rows, :, positions] = k[:, :, 0]
+            cache.v[layer][rows, :, positions] = v[:, :, 0]
+            k, v = cache.k[layer], cache.v[layer]
+        elif cache is not None:
             end = cache.pos + T
             cache.k[layer][:, :, cache.pos : end] = k
             cache.v[layer][:, :, cache.pos : end] = v
             k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
         dropout = self.dropout if self.training else 0.0
-        if x.device.type == "cuda":
-            # Fused kernels pay on a GPU; a single new token (mask None) sees everything.
+        if x.device.type != "cpu" or q.dtype != torch.bfloat16:
+            # The fused kernel pays on a GPU and in fp32 on a CPU (bench/attention.py); a single
+            # new token (mask None) sees everything before it.
             plain_causal = mask is not None and k.shape[2] == T
             y = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
-                attn_mask=None if plain_causal else mask,
+                attn_mask=None if plain_causal or mask is None else mask.to(q.dtype),
                 dropout_p=dropout,
                 is_causal=plain_causal,
             )
         else:
-            # On a CPU, plain matmul + softmax is several times faster than the fused kernel for
-            # the short sequences tinylm trains on (bench/attention.py).
+            # In bf16 on a CPU, plain matmul + softmax is 1.4-10x faster than the fused kernel
+            # at the sequence lengths tinylm trains on (bench/attention.py).
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
                 att = att + mask.to(att.dtype)
@@ -105,8 +119,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer))
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, positions=None):
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, positions)
+        x = x + self.dropout(h)
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -145,24 +160,42 @@ class Decoder(nn.Module):
         if isinstance(m, nn.Linear | nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, input_ids, targets=None, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, input_ids, targets=None, cache: KVCache | None = None, positions=None):
         """Logits for every position; with `targets` (aligned to the logits, -100 = ignore) the
-        mean cross-entropy as well."""
+        mean cross-entropy as well.
+
+        With `positions` (serving many requests at once): one new token per row, row b being
+        at position positions[b] of its own sequence in `cache`.
+        """
         T = input_ids.shape[1]
-        start = cache.pos if cache is not None else 0
-        end = start + T
-        if end > self.cfg.context_length:
-            raise ValueError(
-                f"sequence of {end} tokens exceeds the context of {self.cfg.context_length}"
+        if positions is not None:
+            if T != 1 or cache is None:
+                raise ValueError("positions= takes one token per row and a cache")
+            if int(positions.max()) >= self.cfg.context_length:
+                raise ValueError("a row is past the context")
+            cos = self.rope_cos[positions][:, None, None, :]
+            sin = self.rope_sin[positions][:, None, None, :]
+            seen = torch.arange(cache.max_len, device=input_ids.device) <= positions[:, None]
+            mask = torch.zeros(seen.shape, device=input_ids.device).masked_fill(
+                ~seen, float("-inf")
             )
-        cos = self.rope_cos[start:end]
-        sin = self.rope_sin[start:end]
-        mask = self.causal_mask[start:end, :end] if T > 1 else None
+            mask = mask[:, None, None, :]
+            start = end = None
+        else:
+            start = cache.pos if cache is not None else 0
+            end = start + T
+            if end > self.cfg.context_length:
+                raise ValueError(
+                    f"sequence of {end} tokens exceeds the context of {self.cfg.context_length}"
+                )
+            cos = self.rope_cos[start:end]
+            sin = self.rope_sin[start:end]
+            mask = self.causal_mask[start:end, :end] if T > 1 else None
         x = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, cos, sin, mask, cache, i, positions)
         logits = self.lm_head(self.model.norm(x))
-        if cache is not None:
+        if cache is not None and positions is None:
             cache.pos = end
         loss = None
         if targets is not None:
