@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tinylm import datasets
 from tinylm import distributed as dist
+from tinylm import rundata
 from tinylm.config import RunConfig, TrainConfig
 from tinylm.data.batching import IGNORE
 from tinylm.device import autocast, autocast_dtype, pick_device
@@ -328,14 +328,14 @@ def train_run(
         if resume:
             run = Run.open(out)
             run.save_config(cfg)  # the budget may have changed
-            data = datasets.reload(run, cfg)
+            data = rundata.reload(run, cfg)
         else:
-            run, data = datasets.new_run(cfg, out, tokenizer)
+            run, data = rundata.new_run(cfg, out, tokenizer)
     dist.barrier(env)
     if not env.is_main:
         run = Run.open(out)
         cfg = run.config()
-        data = datasets.reload(run, cfg)
+        data = rundata.reload(run, cfg)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
     model = build_model(cfg.model, data.tokenizer)
     if source_model is not None:
