@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import heapq
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -106,6 +107,7 @@ class Engine:
             try:
                 finished = self._round(jobs)
             except Exception as e:  # never let a failure take the worker down
+                traceback.print_exc()
                 for job in jobs:
                     job.emit(None, f"error: {e}")
                 finished = jobs
