@@ -50,3 +50,22 @@ def test_yaml_types_are_checked(tmp_path):
     path.write_text("model:\n  d_model: wide\n")
     with pytest.raises(UserError, match="model.d_model"):
         load_preset(str(path))
+
+
+def test_choices_are_checked():
+    for bad in ["train.schedule=cosin", "model.arch=rnn", "tokenizer.kind=sentencepiece"]:
+        with pytest.raises(UserError, match="choose one of"):
+            apply_overrides(load_preset("words"), [bad])
+
+
+def test_learning_rate_schedules():
+    from tinylm.config import TrainConfig
+    from tinylm.train import learning_rate
+
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, schedule="wsd", cooldown=0.2)
+    assert learning_rate(cfg, 0, 0.0) == pytest.approx(0.1)  # warming up
+    assert learning_rate(cfg, 50, 0.5) == 1.0  # stable
+    assert learning_rate(cfg, 90, 0.9) == pytest.approx(0.5)  # half way down the cooldown
+    cfg.schedule = "cosine"
+    assert learning_rate(cfg, 50, 0.5) == pytest.approx(0.5)
+    assert learning_rate(cfg, 99, 1.0) == pytest.approx(0.0)

@@ -56,7 +56,8 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.0  # final learning rate as a share of lr
     warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # cosine | linear | wsd | constant
+    cooldown: float = 0.2  # wsd: share of the budget spent decaying to zero
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -84,7 +85,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        return _build(cls, d, "")
+        cfg = _build(cls, d, "")
+        for name, value, allowed in (
+            ("data.kind", cfg.data.kind, ("words", "text")),
+            ("tokenizer.kind", cfg.tokenizer.kind, ("char", "word", "bpe")),
+            ("model.arch", cfg.model.arch, ("decoder", "seq2seq")),
+            ("train.schedule", cfg.train.schedule, ("cosine", "linear", "wsd", "constant")),
+            ("train.precision", cfg.train.precision, ("auto", "fp32", "bf16")),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} is '{value}'; choose one of {', '.join(allowed)}.")
+        return cfg
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

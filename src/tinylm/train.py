@@ -47,7 +47,8 @@ class TrainState:
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup, then cosine / linear decay (or constant) over the budget's progress."""
+    """Linear warmup, then a decay over the budget's progress: cosine, linear, wsd (constant,
+    then linear to the end over the last `cooldown` share), or constant."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     p = min(max(progress, 0.0), 1.0)
@@ -55,6 +56,8 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
         f = 1.0
     elif cfg.schedule == "linear":
         f = 1.0 - p
+    elif cfg.schedule == "wsd":
+        f = min(1.0, (1.0 - p) / cfg.cooldown)
     else:
         f = 0.5 * (1.0 + math.cos(math.pi * p))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * f)
