@@ -21,6 +21,7 @@ TINY_MODEL = [
     "train.eval_every=50",
     "train.log_every=10",
     "train.precision=fp32",
+    "train.compile=false",  # the text presets compile; a tiny test model is not worth it
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import nullcontext
 
 import torch
@@ -36,3 +38,12 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot work here, or None: on a CPU it builds C++ and needs a compiler."""
+    if device.type == "cpu":
+        compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
+        if not any(shutil.which(c) for c in compilers if c):
+            return "no C++ compiler found (torch.compile needs one on a CPU)"
+    return None

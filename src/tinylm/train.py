@@ -24,7 +24,7 @@ from tinylm import distributed as dist
 from tinylm import rundata
 from tinylm.config import RunConfig, TrainConfig
 from tinylm.data.batching import IGNORE
-from tinylm.device import autocast, autocast_dtype, pick_device
+from tinylm.device import autocast, autocast_dtype, compile_unavailable, pick_device
 from tinylm.errors import UserError
 from tinylm.models import build_model
 from tinylm.plots import plot_losses
@@ -82,7 +82,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    try:  # the fused kernel takes a step in one pass: ~3x faster updates on CPU (bench/step.py)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 @torch.no_grad()
@@ -156,7 +159,9 @@ def fit(
         if env.is_main:
             run.truncate_metrics(state.step)
     step_model = dist.wrap(model, env)
-    if cfg.compile:
+    if cfg.compile and (why := compile_unavailable(device)):
+        print(f"note: training without torch.compile: {why}", file=sys.stderr)
+    elif cfg.compile:  # compiled once per input shape; validation runs the plain model
         step_model = torch.compile(step_model)
 
     def save_checkpoint():

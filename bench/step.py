@@ -1,0 +1,79 @@
+"""Where one training step of the word model goes on this CPU, and which AdamW implementation
+pays: forward + backward, gradient clipping and the optimizer step timed apart, for PyTorch's
+for-loop, `foreach` and `fused` AdamW. Prints one JSON line per implementation (milliseconds
+per step, median of the measured steps).
+
+    python bench/step.py [section.field=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tinylm.config import apply_overrides, load_preset
+from tinylm.data.batching import WordBatches
+from tinylm.data.words import load_words
+from tinylm.device import autocast, autocast_dtype
+from tinylm.models import build_model
+from tinylm.tokenizer import build_char
+
+WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
+
+
+def profile(cfg, words, impl: str, steps: int = 150) -> dict:
+    tok = build_char(words)
+    cfg.model.context_length = 16
+    data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="decoder")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok)
+    params = [p for p in model.parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, **flags[impl])
+    device = torch.device("cpu")
+    dtype = autocast_dtype(cfg.train.precision, device)
+    times = {"forward_backward": [], "clip": [], "optimizer": [], "step": []}
+    for i in range(steps + 20):
+        batch = data.batch(i)
+        t0 = time.perf_counter()
+        with autocast(device, dtype):
+            loss = model(**batch).loss
+        loss.backward()
+        t1 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if i >= 20:  # warm-up steps first
+            for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+                times[k].append(v)
+    return {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="words")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
+    cfg = apply_overrides(load_preset(args.preset), args.overrides)
+    words = load_words(str(WORDS) if WORDS.is_file() else "words")
+    for impl in ("loop", "foreach", "fused"):
+        ms = profile(cfg, words, impl)
+        print(json.dumps({"adamw": impl, "ms": ms}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
