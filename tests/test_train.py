@@ -122,6 +122,14 @@ def test_time_budget(tmp_path, words_file):
     assert 2.0 <= summary["elapsed"] < 6.0
 
 
+def test_without_a_compiler_training_goes_on_uncompiled(tmp_path, words_file, monkeypatch, capsys):
+    monkeypatch.setattr("tinylm.device.shutil.which", lambda name: None)
+    cfg = tiny_config(data=words_file, steps=3, extra=["train.compile=true"])
+    run, summary = train_run(cfg, tmp_path / "r", show_progress=False)
+    assert summary["step"] == 3
+    assert "training without torch.compile: no C++ compiler" in capsys.readouterr().err
+
+
 def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     extra = [
         "model.d_model=32",
