@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from contextlib import nullcontext
@@ -41,9 +42,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def compile_unavailable(device: torch.device) -> str | None:
-    """Why torch.compile cannot work here, or None: on a CPU it builds C++ and needs a compiler."""
+    """Why torch.compile cannot work here, or None: it builds C++ on a CPU, Triton on a GPU."""
     if device.type == "cpu":
         compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
         if not any(shutil.which(c) for c in compilers if c):
             return "no C++ compiler found (torch.compile needs one on a CPU)"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (torch.compile needs it on a GPU)"
     return None
