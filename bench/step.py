@@ -23,6 +23,7 @@ from tinylm.data.words import load_words
 from tinylm.device import autocast, autocast_dtype
 from tinylm.models import build_model
 from tinylm.tokenizer import build_char
+from tinylm.train import param_groups
 
 WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
 
@@ -33,14 +34,10 @@ def profile(cfg, words, impl: str, steps: int = 150) -> dict:
     data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="decoder")
     torch.manual_seed(0)
     model = build_model(cfg.model, tok)
-    params = [p for p in model.parameters()]
-    decay = [p for p in params if p.dim() >= 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
     flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, **flags[impl])
+    groups = param_groups(model, cfg.train.weight_decay)
+    betas = (cfg.train.beta1, cfg.train.beta2)
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=betas, **flags[impl])
     device = torch.device("cpu")
     dtype = autocast_dtype(cfg.train.precision, device)
     times = {"forward_backward": [], "clip": [], "optimizer": [], "step": []}
