@@ -131,6 +131,7 @@ def add_sampling_options(p) -> None:
 
 
 def cmd_train(args) -> int:
+    from tinylm import distributed as dist
     from tinylm.config import apply_overrides, load_preset, parse_duration
     from tinylm.train import default_out, train_run
 
@@ -150,7 +151,10 @@ def cmd_train(args) -> int:
         cfg.train.time = parse_duration(args.time) if args.time is not None else None
         cfg.train.max_steps = args.max_steps
     out = args.out or default_out(cfg.preset, args.resume)
-    run, summary = train_run(cfg, out, resume=args.resume, init_from=args.init_from)
+    with dist.session() as env:  # under torchrun: every rank trains, then all leave together
+        run, summary = train_run(cfg, out, resume=args.resume, init_from=args.init_from)
+    if not env.is_main:
+        return 130 if summary["reason"] == "interrupted" else 0
     print(
         f"Stopped ({summary['reason']}) after {summary['step']:,} steps, "
         f"{summary['elapsed']:.0f} s, {summary['unit_per_s']:,.0f} targets/s; "

@@ -3,16 +3,23 @@
 
 One process = one rank: each takes its own batches, DDP averages the gradients, and only rank 0
 writes the run directory. Decisions that end training (time budget, early stopping, Ctrl-C)
-are agreed across ranks so that all stop at the same step.
+are agreed across ranks so that all stop at the same step, and so is a user error met by one
+rank: every rank says the same sentence and exits together (`errors_together`). `session()`
+tears the process group down on every way out; a process that exits with gloo's threads still
+running aborts in C++ ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as td
+
+from tinylm.errors import UserError
 
 
 @dataclass
@@ -81,12 +88,49 @@ def broadcast_float(value: float, env: DistEnv) -> float:
     return float(t)
 
 
-def barrier(env: DistEnv) -> None:
+@contextlib.contextmanager
+def errors_together(env: DistEnv) -> Iterator[None]:
+    """Every rank enters the block (some may do nothing in it); a UserError raised on any rank
+    is raised on all of them as they leave it, with the first failing rank's message. The
+    ranks wait for each other here, so this is also a barrier."""
+    error = None
+    try:
+        yield
+    except UserError as e:
+        if env.world_size == 1:
+            raise
+        error = str(e)
     if env.world_size > 1:
-        td.barrier()
+        messages: list[str | None] = [None] * env.world_size
+        td.all_gather_object(messages, error)
+        first = next((m for m in messages if m), None)
+        if first:
+            raise UserError(first)
 
 
-def finish() -> None:
+@contextlib.contextmanager
+def session() -> Iterator[DistEnv]:
+    """The process group for a command, torn down however the command ends.
+
+    On success or an agreed user error the ranks leave in step: a barrier, then destroy. On
+    anything else (a second Ctrl-C, a crash) the ranks may be anywhere, so the group is
+    destroyed without waiting for the others; torchrun ends the rest.
+    """
+    in_step = False
+    try:
+        yield current()
+        in_step = True
+    except UserError:
+        in_step = True
+        raise
+    finally:
+        finish(in_step)
+
+
+def finish(in_step: bool = True) -> None:
+    global _env
     if td.is_initialized():
-        td.barrier()
+        if in_step:
+            td.barrier()
         td.destroy_process_group()
+    _env = None

@@ -333,19 +333,20 @@ def train_run(
         saved = Run.open(out).config()
         saved.train.time, saved.train.max_steps = cfg.train.time, cfg.train.max_steps
         cfg = saved
-    if env.is_main:
-        check_out(out, resume)
-        if resume:
+    with dist.errors_together(env):  # rank 0 prepares; the others wait, or fail with it
+        if env.is_main:
+            check_out(out, resume)
+            if resume:
+                run = Run.open(out)
+                run.save_config(cfg)  # the budget may have changed
+                data = rundata.reload(run, cfg)
+            else:
+                run, data = rundata.new_run(cfg, out, tokenizer)
+    with dist.errors_together(env):
+        if not env.is_main:
             run = Run.open(out)
-            run.save_config(cfg)  # the budget may have changed
+            cfg = run.config()
             data = rundata.reload(run, cfg)
-        else:
-            run, data = rundata.new_run(cfg, out, tokenizer)
-    dist.barrier(env)
-    if not env.is_main:
-        run = Run.open(out)
-        cfg = run.config()
-        data = rundata.reload(run, cfg)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
     model = build_model(cfg.model, data.tokenizer)
     if source_model is not None:
