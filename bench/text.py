@@ -25,19 +25,21 @@ from tinylm import rundata
 from tinylm.config import apply_overrides, load_preset
 from tinylm.data.text import load_corpus
 from tinylm.evaluate import evaluate_text
-from tinylm.generate import make_generator, stream_tokens
+from tinylm.inference import Engine, Sampling, load
 from tinylm.models import param_breakdown
 from tinylm.train import train_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 
-def generation_speed(model, tokenizer, tokens: int = 200) -> float:
-    prompt = [tokenizer.bos_id, *tokenizer.encode("The history of the")]
-    g = make_generator(0)
-    list(stream_tokens(model, prompt, max_new_tokens=8, temperature=1.0, generator=g))  # warm up
+def generation_speed(loaded, tokens: int = 200) -> float:
+    """Batch-1 tokens per second through the engine (key/value cache), never stopping early."""
+    loaded.task.stop_ids = ()
+    sampling = Sampling(1.0)
+    list(loaded.stream("The history of the", sampling, max_tokens=8, seed=0))  # warm up
+    job = loaded.job("The history of the", sampling, max_tokens=tokens, seed=0)
     t0 = time.perf_counter()
-    n = len(list(stream_tokens(model, prompt, max_new_tokens=tokens, temperature=1.0, generator=g)))
+    n = sum(e.token is not None for e in Engine(loaded.model).generate([job]))
     return n / (time.perf_counter() - t0)
 
 
@@ -67,8 +69,8 @@ def main() -> None:
     run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
     wall = time.perf_counter() - t0
 
-    cfg = run.config()
-    model, tokenizer = run.load_model(cfg), run.tokenizer(cfg)
+    loaded = load(run.path)
+    cfg, model, tokenizer = loaded.cfg, loaded.model, loaded.tokenizer
     held_out = load_corpus(str(args.data / "val.jsonl")).documents
     corpus, split = rundata.text_split(run, cfg)
     counts = rundata.train_token_counts(cfg, corpus, split, tokenizer)
@@ -94,7 +96,7 @@ def main() -> None:
                 "steps": summary["step"],
                 "stopped": summary["reason"],
                 "train_tokens_per_s": round(summary["unit_per_s"]),
-                "generate_tokens_per_s": round(generation_speed(model, tokenizer), 1),
+                "generate_tokens_per_s": round(generation_speed(loaded), 1),
                 "wall_seconds": round(wall, 1),
                 "run": str(run.path),
             }

@@ -22,7 +22,8 @@ import torch
 from tinylm.config import apply_overrides, load_preset
 from tinylm.data.words import load_words
 from tinylm.evaluate import evaluate_words
-from tinylm.generate import complete
+from tinylm.inference import Engine, Sampling, load
+from tinylm.inference.search import likeliest_words
 from tinylm.models import param_breakdown
 from tinylm.train import train_run
 
@@ -49,19 +50,15 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-words-")) / "run"
     run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
 
-    model = run.load_model()
-    tokenizer = run.tokenizer()
+    loaded = load(run.path)
+    model, tokenizer = loaded.model, loaded.tokenizer
     test = load_words(str(args.data / "test.txt"))
     train = run.read_split("train")
-    result = evaluate_words(model, tokenizer, test, train, samples=0)
-
+    result = evaluate_words(model, tokenizer, test, train)
     prefixes = [w[:3] for w in test[:200]]
-    complete(model, tokenizer, prefixes[0], temperature=0)  # warm up
-    times = []
-    for prefix in prefixes:
-        t0 = time.perf_counter()
-        complete(model, tokenizer, prefix, temperature=0)
-        times.append((time.perf_counter() - t0) * 1000)
+    greedy_ms = latencies(lambda p: list(Engine(model).generate([loaded.job(p, Sampling(0))])),
+                          prefixes)  # fmt: skip
+    top5_ms = latencies(lambda p: likeliest_words(model, loaded.task, p, 5), prefixes)
 
     print(
         json.dumps(
@@ -76,12 +73,25 @@ def main() -> None:
                 "steps": summary["step"],
                 "stopped": summary["reason"],
                 "train_chars_per_s": round(summary["unit_per_s"]),
-                "ms_per_completion": round(statistics.median(times), 2),
+                "ms_per_completion": round(statistics.median(greedy_ms), 2),
+                "top5_ms_p50": round(statistics.median(top5_ms), 2),
+                "top5_ms_p99": round(statistics.quantiles(top5_ms, n=100)[98], 2),
                 "test_words": result["words"],
                 "run": str(run.path),
             }
         )
     )
+
+
+def latencies(fn, prefixes) -> list[float]:
+    """Milliseconds per call of fn(prefix), after one call to warm up."""
+    fn(prefixes[0])
+    times = []
+    for prefix in prefixes:
+        t0 = time.perf_counter()
+        fn(prefix)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 if __name__ == "__main__":

@@ -62,23 +62,34 @@ def test_eval_on_another_word_list(tiny_run, tmp_path, capsys):
     assert (tiny_run.path / "eval-other.json").is_file()
 
 
-def test_complete_is_reproducible_and_respects_options(tiny_run, capsys):
-    args = ("complete", tiny_run.path, "fin", "tra", "--num", 4, "--seed", 7)
+def test_complete_gives_the_likeliest_distinct_words_with_probabilities(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "complete", tiny_run.path, "fin", "tra", "--top", 4, "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prefix"] for r in rows] == ["fin"] * 4 + ["tra"] * 4
+    for prefix in ("fin", "tra"):
+        mine = [r for r in rows if r["prefix"] == prefix]
+        assert len({r["completion"] for r in mine}) == 4  # distinct words
+        assert all(r["completion"].startswith(prefix) for r in mine)
+        probs = [r["probability"] for r in mine]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[-1] and sum(probs) <= 1
+    # --temperature 0 --num N: the N likeliest words, not one word N times
+    code, greedy, _ = run_cli(capsys, "complete", tiny_run.path, "fin", "--temperature", 0,
+                              "--num", 3, "--json")  # fmt: skip
+    assert [json.loads(x) for x in greedy.splitlines()] == rows[:3]
+
+
+def test_sampled_completions_are_reproducible_and_respect_options(tiny_run, capsys):
+    args = ("complete", tiny_run.path, "fin", "tra", "--temperature", 1, "--num", 4, "--seed", 7)
     code, first, _ = run_cli(capsys, *args)
     assert code == 0
     assert run_cli(capsys, *args)[1] == first
     lines = first.strip().splitlines()
     assert lines[0].split()[0] == "fin" and len(lines[0].split()) == 5
     assert all(w.startswith("fin") for w in lines[0].split()[1:])
-    code, greedy, _ = run_cli(
-        capsys, "complete", tiny_run.path, "inv", "--temperature", 0, "--num", 3
-    )
-    words = greedy.split()[1:]
-    assert code == 0 and len(set(words)) == 1  # greedy: always the same
-    code, short, _ = run_cli(
-        capsys, "complete", tiny_run.path, "ban", "--max-length", 5, "--num", 8
-    )
-    assert all(len(w.rstrip("…")) <= 5 for w in short.split()[1:])
+    code, short, _ = run_cli(capsys, "complete", tiny_run.path, "ban", "--max-length", 5,
+                             "--num", 8, "--temperature", 1.5)  # fmt: skip
+    assert code == 0 and all(len(w.rstrip("…")) <= 5 for w in short.split()[1:])
 
 
 def test_info(tiny_run, capsys):
@@ -101,7 +112,11 @@ def test_info(tiny_run, capsys):
     "argv,phrase",
     [
         (["info", "/nonexistent/run"], "does not exist"),
-        (["complete", "RUN", "fin", "--temperature", "-1"], "below 0"),
+        (["complete", "RUN", "fin", "--temperature", "-1"], "--temperature must be"),
+        (["generate", "RUN", "x", "--temperature", "nan"], "--temperature must be"),
+        (["generate", "RUN", "x", "--top-p", "0"], "--top-p must be"),
+        (["generate", "RUN", "x", "--top-k", "-2"], "--top-k must be"),
+        (["generate", "RUN", "x", "--seed", str(10**30)], "seed must be"),
         (["complete", "RUN", "fi9"], "'9'"),
         (["train", "wrods"], "Unknown preset"),
         (["train", "words", "--bogus"], "unrecognized arguments"),

@@ -5,7 +5,7 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.models import Decoder, param_breakdown
-from tinylm.models.decoder import hf_config
+from tinylm.models.decoder import CacheSlots, hf_config
 
 CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=24)
 
@@ -39,8 +39,11 @@ def test_kv_cache_matches_full_forward():
     x = torch.randint(0, 50, (2, 12))
     full = model(x).logits
     cache = model.new_cache(2)
-    first = model(x[:, :5], cache=cache).logits
-    steps = [model(x[:, t : t + 1], cache=cache).logits for t in range(5, 12)]
+    first = model(x[:, :5], cache=cache, slots=CacheSlots(torch.tensor([0, 0]), 5)).logits
+    steps = [
+        model(x[:, t : t + 1], cache=cache, slots=CacheSlots(torch.tensor([t, t]), t + 1)).logits
+        for t in range(5, 12)
+    ]
     assert torch.allclose(torch.cat([first, *steps], dim=1), full, atol=1e-5)
 
 
@@ -106,22 +109,39 @@ def test_bf16_cpu_attention_path_is_causal_and_agrees():
 
 
 def test_rows_at_different_positions_decode_like_separate_sequences():
-    """Serving: one batched step over requests of different lengths equals stepping each."""
+    """Serving: one batched step over sequences of different lengths equals a full forward of
+    each; a prefill into chosen rows of a larger cache works too."""
     torch.manual_seed(0)
     model = Decoder(CFG, vocab_size=50).eval()
     prompts = [[1, 7, 9], [1, 4, 4, 8, 2, 11], [1, 30]]
-    nxt = torch.tensor([[5], [6], [7]])
+    nxt = [5, 6, 7]
     with torch.no_grad():
-        expected = []
-        for p, t in zip(prompts, nxt, strict=True):
-            cache = model.new_cache(1)
-            model(torch.tensor([p]), cache=cache)
-            expected.append(model(t[None], cache=cache).logits[0, -1])
+        expected = [
+            model(torch.tensor([p + [t]])).logits[0, -1] for p, t in zip(prompts, nxt, strict=True)
+        ]
         pool = model.new_cache(4)  # one row more than needed: unused rows do no harm
+        x = torch.zeros(3, 6, dtype=torch.long)  # right-padded prefill into rows 2, 0, 1
         for i, p in enumerate(prompts):
-            model(torch.tensor([p]), cache=pool.rows(i, i + 1))
-        positions = torch.tensor([3, 6, 2, 0])
-        tokens = torch.cat([nxt, torch.zeros(1, 1, dtype=torch.long)])
-        got = model(tokens, cache=pool, positions=positions).logits[:, -1]
-    for i in range(3):
-        assert torch.allclose(got[i], expected[i], atol=1e-5)
+            x[i, : len(p)] = torch.tensor(p)
+        rows = torch.tensor([2, 0, 1])
+        model(x, cache=pool, slots=CacheSlots(torch.zeros(3, dtype=torch.long), 6, rows))
+        tokens = torch.tensor([[nxt[1]], [nxt[2]], [nxt[0]], [0]])  # row order 0, 1, 2, 3
+        start = torch.tensor([6, 2, 3, 0])
+        got = model(tokens, cache=pool, slots=CacheSlots(start, 7)).logits[:, -1]
+    for row, i in ((2, 0), (0, 1), (1, 2)):
+        assert torch.allclose(got[row], expected[i], atol=1e-5)
+
+
+def test_recording_attention_changes_nothing_and_rows_are_distributions():
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        plain = model(x).logits
+        record: list = []
+        recorded = model(x, attention=record).logits
+    assert torch.allclose(plain, recorded, atol=1e-5)
+    assert len(record) == CFG.n_layers and record[0].shape == (2, CFG.n_heads, 10, 10)
+    for att in record:
+        assert torch.allclose(att.sum(-1), torch.ones(2, CFG.n_heads, 10), atol=1e-5)
+        assert (att.triu(1) == 0).all()  # nothing above the diagonal

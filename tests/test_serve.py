@@ -7,7 +7,10 @@ import httpx
 import pytest
 import uvicorn
 
+from tinylm.inference import load
 from tinylm.serve import Limits, StopFilter, create_app
+
+JSON = {"content-type": "application/json"}
 
 
 def free_port() -> int:
@@ -40,12 +43,12 @@ class LiveServer:
 
     @property
     def engine(self):
-        return self.app.state.server.engine
+        return self.app.state.server.worker
 
 
 def slow_down(app, seconds: float) -> None:
     """Make every model call take a while, so tests can see requests in flight."""
-    model = app.state.server.model
+    model = app.state.server.loaded.model
     forward = model.forward
 
     def slow(*args, **kwargs):
@@ -67,8 +70,8 @@ def word_server(tiny_run):
         yield s
 
 
-def post(server, body, **kwargs):
-    return httpx.post(f"{server.url}/v1/completions", json=body, timeout=30, **kwargs)
+def post(server, body, timeout=30, **kwargs):
+    return httpx.post(f"{server.url}/v1/completions", json=body, timeout=timeout, **kwargs)
 
 
 def test_openai_client_completes_and_streams(text_server):
@@ -126,7 +129,6 @@ def test_word_run_completes_a_prefix(word_server):
         ({"prompt": 42}, 400, "prompt"),
         ({"prompt": [1, 2, 3]}, 400, "prompt"),
         ({"prompt": []}, 400, "prompt"),
-        ({"prompt": "word " * 200}, 400, "prompt"),  # longer than the model's context
         ({"prompt": "x", "seed": "abc"}, 400, "seed"),
         ({"prompt": "x", "stream": "yes"}, 400, "stream"),
         ({"prompt": "x", "temperatur": 1}, 400, "temperatur"),
@@ -268,3 +270,224 @@ def test_stop_filter_holds_back_a_possible_stop_string():
     assert f.push("yE") == "y"
     assert f.push("ND more") == "" and f.stopped
     assert StopFilter([]).push("anything") == "anything"
+
+
+def stream_events(server, body, **kwargs):
+    """The parsed events of a streamed completion (an error event is {"error": ...})."""
+    events = []
+    with httpx.stream("POST", f"{server.url}/v1/completions", json={**body, "stream": True},
+                      timeout=60, **kwargs) as response:  # fmt: skip
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def streamed_text(events) -> tuple[str, str]:
+    chunks = [e for e in events if "choices" in e]
+    return "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0][
+        "finish_reason"
+    ]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", float("nan")),
+        ("top_p", float("nan")),
+        ("temperature", float("inf")),
+        ("top_k", 1.5),
+    ],  # fmt: skip
+)
+def test_non_finite_sampling_values_get_400_naming_the_field(text_server, field, value):
+    response = httpx.post(
+        f"{text_server.url}/v1/completions",
+        headers=JSON,
+        content=json.dumps({"prompt": "x", field: value}),
+    )  # NaN, Infinity
+    assert response.status_code == 400 and response.json()["error"]["param"] == field
+
+
+def test_a_tiny_temperature_is_greedy(text_server):
+    body = {"prompt": "The", "max_tokens": 10}
+    greedy = post(text_server, {**body, "temperature": 0}).json()["choices"][0]["text"]
+    tiny = post(text_server, {**body, "temperature": 1e-40, "seed": 3}).json()["choices"][0]
+    assert tiny["text"] == greedy
+
+
+def test_one_seed_one_text_from_the_cli_and_the_server_alone_or_not(text_runs, capsys):
+    """Also past the context length (32 tokens): the window slides the same way."""
+    from tinylm.cli import main
+
+    run = text_runs["pile-bpe"]
+    assert main(["generate", str(run.path), "The", "--seed", "11", "--max-new-tokens", "60",
+                 "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50"]) == 0  # fmt: skip
+    cli_text = capsys.readouterr().out[len("The") : -1]
+    body = {"prompt": "The", "seed": 11, "max_tokens": 60, "temperature": 0.9, "top_p": 0.95,
+            "top_k": 50}  # fmt: skip
+    loaded = load(run.path)
+    loaded.task.stop_ids = ()
+    assert len(list(loaded.stream("The", loaded_sampling(body), max_tokens=60, seed=11))) > 30
+    with LiveServer(create_app(run.path, Limits(max_tokens=64))) as server:
+        alone = post(server, body).json()["choices"][0]["text"]
+        results = {}
+
+        def request(name, b):
+            results[name] = post(server, b).json()["choices"][0]["text"]
+
+        others = [threading.Thread(target=request, args=(i, {**body, "seed": 100 + i}))
+                  for i in range(3)]  # fmt: skip
+        for t in others:
+            t.start()
+        request("mine", body)
+        for t in others:
+            t.join()
+    assert alone == results["mine"] == cli_text
+
+
+def loaded_sampling(body):
+    from tinylm.inference import Sampling
+
+    return Sampling(body["temperature"], body["top_k"], body["top_p"])
+
+
+def test_a_failure_in_one_job_ends_that_job_alone(text_runs, monkeypatch):
+    """A job whose sampling fails ends with finish_reason "error" and an error event; four
+    streams beside it go to their end."""
+    import tinylm.inference.engine as engine_module
+
+    real_choose = engine_module.choose
+
+    def choose(logits, sampling, generator, banned=None):
+        if sampling.temperature == 1.234:
+            raise RuntimeError("boom")
+        return real_choose(logits, sampling, generator, banned)
+
+    monkeypatch.setattr(engine_module, "choose", choose)
+    app = create_app(text_runs["pile-bpe"].path, Limits(max_tokens=64))
+    slow_down(app, 0.005)
+    with LiveServer(app) as server:
+        results = {}
+
+        def request(name, temperature):
+            body = {"prompt": "a", "max_tokens": 40, "temperature": temperature, "seed": 1}
+            results[name] = stream_events(server, {**body, "stop": None})
+
+        threads = [threading.Thread(target=request, args=(i, 0.8)) for i in range(4)]
+        threads.append(threading.Thread(target=request, args=("bad", 1.234)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    bad = results.pop("bad")
+    assert any("error" in e for e in bad) and streamed_text(bad) == ("", "error")
+    for events in results.values():
+        text, finish = streamed_text(events)
+        assert finish in ("length", "stop") and not any("error" in e for e in events)
+        assert finish == "stop" or sum(len(c["choices"][0]["text"]) > 0 for c in events) > 10
+
+
+def test_shutdown_ends_jobs_with_an_error_not_stop(text_runs):
+    app = create_app(text_runs["pile-bpe"].path, Limits(max_tokens=200))
+    slow_down(app, 0.05)
+    with LiveServer(app) as server:
+        worker = server.engine
+        done = {}
+
+        def request():
+            done["events"] = stream_events(server, {"prompt": "a", "max_tokens": 200})
+
+        t = threading.Thread(target=request)
+        t.start()
+        deadline = time.time() + 10
+        while worker.stats()["active"] < 1:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        worker.stop()
+        t.join(timeout=10)
+    assert streamed_text(done["events"])[1] == "error"
+
+
+def test_a_non_streaming_client_that_disconnects_frees_its_slot(text_runs):
+    app = create_app(text_runs["pile-bpe"].path, Limits(max_tokens=200))
+    slow_down(app, 0.05)  # 200 tokens would take 10 s
+    with LiveServer(app) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            post(server, {"prompt": "a", "max_tokens": 200}, timeout=0.5)
+        start = time.time()
+        while server.engine.stats()["active"]:
+            assert time.time() - start < 1, "the slot was not freed"
+            time.sleep(0.02)
+
+
+def test_the_word_completer_suggests_the_likeliest_words(word_server):
+    body = post(word_server, {"prompt": "ca", "n": 5, "temperature": 0}).json()
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3, 4]
+    probs = [c["probability"] for c in choices]
+    assert probs == sorted(probs, reverse=True) and len({c["text"] for c in choices}) == 5
+    assert all(c["finish_reason"] == "stop" and c["text"].isalpha() for c in choices)
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"prompt": "\ud800"}, None),
+        ({"prompt": "x", "seed": 10**40}, "seed"),
+        ({"prompt": "x", "stop": ["\udfff"]}, None),
+    ],  # fmt: skip
+)
+def test_hostile_requests_get_4xx_and_the_server_goes_on(text_server, body, param):
+    response = httpx.post(f"{text_server.url}/v1/completions", timeout=30,
+                          content=json.dumps(body), headers=JSON)  # fmt: skip
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert post(text_server, {"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({"host": "evil.example:8000"}, 403),  # DNS rebinding: a foreign name for loopback
+        ({"origin": "https://evil.example"}, 403),
+        ({"origin": "http://localhost:3000"}, 200),
+        ({"origin": "http://127.0.0.1:9"}, 200),
+        ({"host": "localhost"}, 200),
+    ],
+)
+def test_foreign_host_and_origin_are_refused_on_loopback(text_server, headers, status):
+    response = httpx.get(f"{text_server.url}/v1/models", headers=headers)
+    assert response.status_code == status
+    if status == 403:
+        assert response.json()["error"]["type"] == "permission_error"
+
+
+def test_allow_origin_lets_a_named_page_in(text_runs):
+    app = create_app(text_runs["pile-bpe"].path, allow_origins=("https://ok.example",))
+    with LiveServer(app) as server:
+        models = f"{server.url}/v1/models"
+        assert httpx.get(models, headers={"origin": "https://ok.example"}).status_code == 200
+        assert httpx.get(models, headers={"origin": "https://no.example"}).status_code == 403
+
+
+def test_health_says_503_when_the_engine_died(text_runs):
+    app = create_app(text_runs["pile-bpe"].path)
+    with LiveServer(app) as server:
+        worker = server.engine
+
+        def broken():
+            raise RuntimeError("the engine broke")
+
+        worker.engine.step = broken
+        post(server, {"prompt": "a", "max_tokens": 3})  # wakes the worker, which dies
+        worker.thread.join(timeout=10)
+        health = httpx.get(f"{server.url}/health")
+        assert health.status_code == 503 and health.json()["status"] == "error"
+        assert post(server, {"prompt": "a", "max_tokens": 3}).status_code == 503
+
+
+def test_model_by_id(text_server):
+    name = httpx.get(f"{text_server.url}/v1/models").json()["data"][0]["id"]
+    card = httpx.get(f"{text_server.url}/v1/models/{name}").json()
+    assert card["id"] == name and card["context_length"] == 32
+    assert httpx.get(f"{text_server.url}/v1/models/other").status_code == 404

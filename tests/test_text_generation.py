@@ -8,8 +8,14 @@ import torch
 from conftest import TINY_TEXT_MODEL, tiny_config
 from tinylm.cli import main
 from tinylm.evaluate import evaluate_run
-from tinylm.generate import generate_text, make_generator, stream_tokens
+from tinylm.inference import Engine, Sampling, load
 from tinylm.train import train_run
+
+
+def greedy_tokens(loaded, prompt_ids, n):
+    job = loaded.job("", Sampling(0.0), max_tokens=n)
+    job.prompt, job.banned = prompt_ids, ()  # plain greedy, as transformers does it
+    return [e.token for e in Engine(loaded.model).generate([job]) if e.token is not None]
 
 
 @pytest.mark.parametrize("preset", ["pile-word", "pile-bpe"])
@@ -24,38 +30,35 @@ def test_transformers_loads_the_run_and_computes_the_same(text_runs, preset):
     with torch.no_grad():
         a, b = ours(ids).logits, hf(ids).logits
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
-    # greedy generation: transformers' generate and tinylm's sampler agree token for token
+    # greedy generation: transformers' generate and tinylm's engine agree token for token
     out = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
-    mine = list(stream_tokens(ours, ids[0].tolist(), max_new_tokens=8, temperature=0,
-                              stop_id=run.tokenizer().eos_id))  # fmt: skip
-    assert out[0, ids.shape[1] :].tolist()[: len(mine)] == [int(t) for t in mine]
+    mine = greedy_tokens(load(run.path), ids[0].tolist(), 8)
+    assert mine and out[0, ids.shape[1] :].tolist()[: len(mine)] == mine
 
 
-def test_generation_respects_max_new_tokens(text_runs):
-    model = text_runs["pile-bpe"].load_model()
-    steps = list(stream_tokens(model, [0, 5, 6], max_new_tokens=7, temperature=1.0,
-                               generator=make_generator(0)))  # fmt: skip
-    assert len(steps) == 7
-    # longer than the context: the window slides, generation goes on
-    ctx = model.cfg.context_length
-    assert len(list(stream_tokens(model, [0] * (ctx - 2), max_new_tokens=ctx, temperature=1.0,
-                                  generator=make_generator(0)))) == ctx  # fmt: skip
+def test_generation_respects_max_new_tokens_and_goes_past_the_context(text_runs):
+    loaded = load(text_runs["pile-bpe"].path)
+    loaded.task.stop_ids = ()  # nothing ends it early
+    pieces = list(loaded.stream("a", Sampling(1.0), max_tokens=7, seed=0))
+    assert 1 <= len(pieces) <= 7  # a piece holds one token or more (a split UTF-8 character)
+    ctx = loaded.cfg.model.context_length
+    job = loaded.job("a", Sampling(1.0), max_tokens=2 * ctx, seed=0)
+    steps = [e for e in Engine(loaded.model).generate([job]) if e.token is not None]
+    assert len(steps) == 2 * ctx  # the window slides, generation goes on
 
 
 def test_generation_stops_at_end_of_text(text_runs):
-    run = text_runs["pile-word"]
-    model, tok = run.load_model(), run.tokenizer()
+    loaded = load(text_runs["pile-word"].path)
     calls = []
 
     def end_after_three_words(module, inputs, logits):
         calls.append(1)
         if len(calls) > 3:  # the prompt, then two more steps: make end-of-text certain
-            logits[..., tok.eos_id] = 1e4
+            logits[..., loaded.tokenizer.eos_id] = 1e4
         return logits
 
-    model.lm_head.register_forward_hook(end_after_three_words)
-    pieces = list(generate_text(model, tok, "the", max_new_tokens=20, temperature=1.0,
-                                generator=make_generator(0)))  # fmt: skip
+    loaded.model.lm_head.register_forward_hook(end_after_three_words)
+    pieces = list(loaded.stream("the", Sampling(1.0), max_tokens=20, seed=0))
     assert len(pieces) == 3 and all(p.startswith(" ") for p in pieces)
 
 

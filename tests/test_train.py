@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from tinylm import runs as runs_module
 from tinylm.evaluate import evaluate_run, ngram_baselines
-from tinylm.generate import complete, make_generator
+from tinylm.inference import Sampling, load
+from tinylm.inference.search import likeliest_words
 from tinylm.runs import Run
 from tinylm.train import train_run
 
@@ -144,11 +145,9 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     unigram = ngram_baselines(run.read_split("train"), run.read_split("val"))["unigram"]
     assert vals[-1] < vals[0]
     assert vals[-1] < unigram["bits_per_char"] * math.log(2)  # beyond letter frequencies
-    model = run.load_model()
-    outs = complete(
-        model, run.tokenizer(), "fin", num=4, temperature=1.0, generator=make_generator(0)
-    )
-    assert all(o.word.startswith("fin") and o.word.isalpha() for o in outs)
+    loaded = load(run.path)
+    outs = loaded.sample(["fin"], Sampling(1.0), n=4, seed=0)
+    assert all(o.text.isalpha() or o.text == "" for o in outs)
     assert any(o.finished for o in outs)
-    greedy = complete(model, run.tokenizer(), "tra", num=1, temperature=0)[0]
-    assert greedy.word.startswith("tra") and len(greedy.word) <= 15
+    top = likeliest_words(loaded.model, loaded.task, "tra", k=3)
+    assert len(top.words) == 3 and all(w.word.startswith("tra") for w in top.words)

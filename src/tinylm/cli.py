@@ -24,16 +24,6 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is below 0")
-    return value
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -71,24 +61,30 @@ def build_parser() -> Parser:
     e.add_argument("--data", help="other data to evaluate on (default: the run's test split)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--samples", type=int, default=1000, help="words to sample for novelty")
+    add_device_option(e)
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("complete", help="complete word prefixes (character models)")
+    c = sub.add_parser("complete", help="the likeliest words that complete each prefix")
     c.add_argument("run", type=Path)
     c.add_argument("prefixes", nargs="+")
-    c.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
-    c.add_argument("--num", type=positive_int, default=3, help="completions per prefix")
+    c.add_argument("--top", type=positive_int, default=5, help="how many words (default 5)")
+    c.add_argument(
+        "--temperature", type=float, help="sample words at this temperature instead (0: likeliest)"
+    )
+    c.add_argument("--num", type=positive_int, help="words per prefix (default: --top)")
     c.add_argument("--max-length", type=positive_int, help="longest word, in letters")
     c.add_argument("--seed", type=int, help="sampling seed")
+    c.add_argument("--json", action="store_true", help="one JSON object a line")
+    add_device_option(c)
     c.set_defaults(func=cmd_complete)
 
-    g = sub.add_parser("generate", help="continue a prompt (text models)")
+    g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("run", type=Path)
     g.add_argument("prompt", nargs="?", default="")
     add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
 
-    ch = sub.add_parser("chat", help="interactive prompt loop (text models); `quit` ends it")
+    ch = sub.add_parser("chat", help="interactive prompt loop; `quit` ends it")
     ch.add_argument("run", type=Path)
     add_sampling_options(ch)
     ch.set_defaults(func=cmd_chat)
@@ -110,21 +106,36 @@ def build_parser() -> Parser:
     sv.add_argument(
         "--max-queue", type=positive_int, default=256, help="requests waiting; then 503"
     )
-    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: TINYLM_API_KEY)")
+    sv.add_argument("--name", help="the served model's name (default: the run folder's)")
+    sv.add_argument(
+        "--api-key-file", type=Path, help="require Authorization: Bearer KEY, KEY read from FILE"
+    )
+    sv.add_argument("--api-key", help="the key itself (visible in `ps`; prefer TINYLM_API_KEY)")
+    sv.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="also answer web pages from ORIGIN (e.g. https://example.com; * for any)",
+    )  # fmt: skip
+    add_device_option(sv)
     sv.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
     i.add_argument("run", type=Path)
+    add_device_option(i)
     i.set_defaults(func=cmd_info)
     return p
 
 
 def add_sampling_options(p) -> None:
-    p.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 to 2; 0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold, (0, 1]")
     p.add_argument("--max-new-tokens", type=positive_int, default=25)
-    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--seed", type=int, help="sampling seed: one seed, one text")
+    add_device_option(p)
+
+
+def add_device_option(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -190,48 +201,57 @@ def init_config(source: Path, preset, overrides, data):
 def report(run) -> None:
     """What a user wants to see after training: test figures and a few samples."""
     from tinylm.evaluate import evaluate_run, format_text_table, format_word_table
+    from tinylm.inference import Sampling, load
 
-    cfg = run.config()
-    if cfg.data.test_fraction > 0:
+    loaded = load(run.path)
+    if loaded.cfg.data.test_fraction > 0:
         result = evaluate_run(run)
-        print(format_text_table(result) if cfg.data.kind == "text" else format_word_table(result))
-    if cfg.demo and cfg.tokenizer.kind == "char":
-        print_completions(run, cfg.demo, DEMO_TEMPERATURES, num=5, max_length=None, seed=0)
-    elif cfg.demo:
-        from tinylm.generate import generate_text, make_generator
-
-        model, tokenizer = run.load_model(cfg), run.tokenizer(cfg)
-        generator = make_generator(0)
-        for prompt in cfg.demo:
-            pieces = generate_text(model, tokenizer, prompt, temperature=0.8, top_p=0.95,
-                                   generator=generator)  # fmt: skip
-            print(f"  {prompt}{''.join(pieces)}")
-
-
-def print_completions(run, prefixes, temperatures, num, max_length, seed) -> None:
-    from tinylm.generate import complete, make_generator
-
-    cfg = run.config()
-    tokenizer = run.tokenizer(cfg)
-    model = run.load_model(cfg, tokenizer)
-    for prefix in prefixes:
-        tokenizer.check_chars(prefix)
-    generator = make_generator(seed)
-    for t in temperatures:
-        if len(temperatures) > 1:
+        print(format_word_table(result) if loaded.task.words else format_text_table(result))
+    demo = loaded.cfg.demo
+    if demo and loaded.task.words:
+        print("the likeliest words:")
+        print_suggestions(loaded, demo, k=5, as_json=False)
+        for t in DEMO_TEMPERATURES:
             print(f"temperature {t}:")
-        for prefix in prefixes:
-            outs = complete(
-                model,
-                tokenizer,
-                prefix,
-                num=num,
-                temperature=t,
-                max_length=max_length or cfg.data.max_len,
-                generator=generator,
-            )
-            words = [o.word + ("" if o.finished else "…") for o in outs]
-            print(f"  {prefix:<8} {' '.join(words)}")
+            print_samples(loaded, demo, Sampling(t), num=5, seed=0, as_json=False)
+    for prompt in demo if not loaded.task.words else ():
+        text = "".join(loaded.stream(prompt, Sampling(0.8, top_p=0.95), seed=0))
+        print(f"  {prompt}{text}")
+
+
+def print_suggestions(loaded, prefixes, k, as_json, max_length=None) -> None:
+    import json
+
+    from tinylm.inference.search import likeliest_words
+
+    results = [likeliest_words(loaded.model, loaded.task, p, k, max_letters=max_length)
+               for p in prefixes]  # fmt: skip
+    for r in results:
+        if as_json:
+            for s in r.words:
+                print(json.dumps({"prefix": r.prefix, "completion": s.word,
+                                  "probability": round(s.probability, 6)}))  # fmt: skip
+        else:
+            words = "  ".join(f"{s.word} {s.probability:.1%}" for s in r.words)
+            print(f"  {r.prefix:<8} {words}" + ("" if r.exact else "  (search budget reached)"))
+
+
+def print_samples(loaded, prefixes, sampling, num, seed, as_json, max_length=None) -> None:
+    import json
+    import math
+
+    limits = [max_length and max_length - len(p) for p in prefixes]
+    outs = loaded.sample(prefixes, sampling, n=num, seed=seed, max_tokens=limits)
+    for i, prefix in enumerate(prefixes):
+        mine = outs[i * num : (i + 1) * num]
+        if as_json:
+            for c in mine:
+                p = math.exp(c.logprob) if c.finished else None
+                print(json.dumps({"prefix": prefix, "completion": prefix + c.text,
+                                  "probability": p and round(p, 6)}))  # fmt: skip
+        else:
+            words = " ".join(prefix + c.text + ("" if c.finished else "…") for c in mine)
+            print(f"  {prefix:<8} {words}")
 
 
 def cmd_eval(args) -> int:
@@ -249,57 +269,60 @@ def cmd_eval(args) -> int:
 
 
 def cmd_complete(args) -> int:
-    from tinylm.runs import Run
+    """The likeliest words (default), or sampled ones with --temperature above 0."""
+    from tinylm.inference import load
 
-    run = Run.open(args.run)
-    print_completions(run, args.prefixes, (args.temperature,), args.num, args.max_length, args.seed)
+    loaded = load(args.run, args.device)
+    if not loaded.task.words:
+        raise UserError(f"{args.run} is a text generator; use `tinylm generate RUN PROMPT`.")
+    sampling = sampling_from(args, temperature=args.temperature or 0.0)
+    for prefix in args.prefixes:
+        loaded.task.prompt(prefix)  # every prefix checked before any work
+    if sampling.greedy:
+        print_suggestions(loaded, args.prefixes, args.num or args.top, args.json, args.max_length)
+    else:
+        print_samples(loaded, args.prefixes, sampling, args.num or args.top, args.seed, args.json,
+                      args.max_length)  # fmt: skip
     return 0
 
 
-def load_for_sampling(path: Path):
-    from tinylm.device import pick_device
-    from tinylm.runs import Run
+def sampling_from(args, temperature=None):
+    """The sampling options, checked (one sentence naming the option, exit 2)."""
+    from tinylm.inference import Sampling, SamplingError
 
-    run = Run.open(path)
-    cfg = run.config()
-    tokenizer = run.tokenizer(cfg)
-    return run.load_model(cfg, tokenizer).to(pick_device()), tokenizer
+    try:
+        return Sampling(
+            args.temperature if temperature is None else temperature,
+            getattr(args, "top_k", 0),
+            getattr(args, "top_p", 1.0),
+        )
+    except SamplingError as e:
+        option = "--" + e.field.replace("_", "-")
+        raise UserError(f"{option} {e.reason}") from None
 
 
-def stream(model, tokenizer, prompt: str, args, generator) -> None:
-    from tinylm.generate import generate_text
-
+def stream(loaded, prompt: str, args) -> None:
     print(prompt, end="", flush=True)
-    for piece in generate_text(
-        model,
-        tokenizer,
-        prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        generator=generator,
-    ):
+    for piece in loaded.stream(prompt, sampling_from(args), max_tokens=args.max_new_tokens,
+                               seed=args.seed):  # fmt: skip
         print(piece, end="", flush=True)
     print()
 
 
 def cmd_generate(args) -> int:
-    from tinylm.generate import check_sampling, make_generator
+    from tinylm.inference import load
 
-    check_sampling(args.temperature, args.top_k, args.top_p)
-    model, tokenizer = load_for_sampling(args.run)
-    stream(model, tokenizer, args.prompt, args, make_generator(args.seed))
+    sampling_from(args)  # checked before the model loads
+    stream(load(args.run, args.device), args.prompt, args)
     return 0
 
 
 def cmd_chat(args) -> int:
     """The notebook's prompt loop: `> `, an answer streamed per prompt; quit / Ctrl-D ends."""
-    from tinylm.generate import check_sampling, make_generator
+    from tinylm.inference import load
 
-    check_sampling(args.temperature, args.top_k, args.top_p)
-    model, tokenizer = load_for_sampling(args.run)
-    generator = make_generator(args.seed)
+    sampling_from(args)
+    loaded = load(args.run, args.device)
     if sys.stdin.isatty():
         print("Type a prompt and press Enter; `quit` or Ctrl-D ends. Each prompt stands alone.")
     while True:
@@ -314,7 +337,7 @@ def cmd_chat(args) -> int:
         if prompt.lower() in ("quit", "exit"):
             return 0
         try:
-            stream(model, tokenizer, prompt, args, generator)
+            stream(loaded, prompt, args)
         except UserError as e:  # e.g. a character the model does not know: say so, go on
             print(f"tinylm: {e}")
 
@@ -335,28 +358,41 @@ def cmd_plot(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import os
-
     from tinylm.serve import Limits, serve
 
     limits = Limits(
         max_tokens=args.max_tokens, max_active=args.max_active, max_queue=args.max_queue
     )
-    serve(args.run, args.host, args.port, limits, args.api_key or os.environ.get("TINYLM_API_KEY"))
+    serve(args.run, args.host, args.port, limits, api_key(args), device=args.device,
+          name=args.name, allow_origins=tuple(args.allow_origin))  # fmt: skip
     return 0
 
 
-def cmd_info(args) -> int:
-    from tinylm.models import param_breakdown
-    from tinylm.runs import Run
+def api_key(args) -> str | None:
+    """--api-key-file, else TINYLM_API_KEY, else --api-key; None: no key required."""
+    import os
 
-    run = Run.open(args.run)
-    cfg = run.config()
-    print(f"Run {run.path}\n\nConfiguration (tinylm.yaml):")
+    if args.api_key_file:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as e:
+            raise UserError(f"Cannot read the API key file {args.api_key_file} ({e.strerror}).") from None  # fmt: skip
+        if not key:
+            raise UserError(f"The API key file {args.api_key_file} is empty.")
+        return key
+    return os.environ.get("TINYLM_API_KEY") or args.api_key
+
+
+def cmd_info(args) -> int:
+    from tinylm.inference import load
+    from tinylm.models import param_breakdown
+
+    loaded = load(args.run, args.device)
+    run, cfg = loaded.run, loaded.cfg
+    print(f"Run {run.path}: a {loaded.task.kind}\n\nConfiguration (tinylm.yaml):")
     print("  " + cfg.to_yaml().strip().replace("\n", "\n  "))
-    model = run.load_model(cfg)
     print("\nParameters:")
-    for part, n in param_breakdown(model).items():
+    for part, n in param_breakdown(loaded.model).items():
         print(f"  {part:<16}{n:>12,}")
     split = run.read_json("split/split.json")
     if split:

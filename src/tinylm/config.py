@@ -46,6 +46,7 @@ class ModelConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    causal: bool = True  # False: every token also sees those after it (the text notebook's bug)
 
 
 @dataclass

@@ -18,9 +18,8 @@ import torch
 
 from tinylm.data.batching import IGNORE, WordBatches
 from tinylm.data.words import load_words
-from tinylm.device import autocast, autocast_dtype, pick_device
+from tinylm.device import autocast, autocast_dtype
 from tinylm.errors import UserError
-from tinylm.generate import complete
 
 LN2 = math.log(2)
 
@@ -121,48 +120,25 @@ def ngram_baselines(train_words: list[str], test_words: list[str]) -> dict:
     }
 
 
-def sample_novelty(model, tokenizer, train: set, test: set, n: int, max_length: int, seed: int):
-    """Sample n words from scratch (temperature 1) and say where they come from."""
-    g = torch.Generator().manual_seed(seed)
-    words = []
-    while len(words) < n:
-        batch = min(256, n - len(words))
-        words += [
-            c.word
-            for c in complete(
-                model, tokenizer, "", num=batch, max_length=max_length, temperature=1.0, generator=g
-            )
-        ]
-    counts = Counter("train" if w in train else "test" if w in test else "new" for w in words)
-    return {
-        "samples": n,
-        "in_train": counts["train"] / n,
-        "in_test": counts["test"] / n,
-        "new": counts["new"] / n,
-        "examples": words[:20],
-    }
+def sample_novelty(loaded, known: dict[str, set], n: int, seed: int) -> dict:
+    """Sample n words from scratch (temperature 1) and say where they come from: a split of
+    the data (`known`: split name -> words), or none of them (new)."""
+    from tinylm.inference import Sampling
+
+    words = [c.text for c in loaded.sample([""], Sampling(1.0), n=n, seed=seed)]
+    where = [next((name for name, ws in known.items() if w in ws), "new") for w in words]
+    result = {"samples": n, **{f"in_{name}": where.count(name) / n for name in known}}
+    return {**result, "new": where.count("new") / n, "examples": words[:20]}
 
 
 def evaluate_words(
-    model,
-    tokenizer,
-    test_words,
-    train_words,
-    *,
-    batch_tokens=8192,
-    samples=1000,
-    seed=0,
-    max_length=15,
-    precision="fp32",
+    model, tokenizer, test_words, train_words, *, batch_tokens=8192, precision="fp32"
 ) -> dict:
+    """M1, M2, accuracy per letter and the n-gram baselines on `test_words`."""
     batches = WordBatches(test_words, tokenizer, batch_tokens, seed=0, arch=_arch(model))
     scores = score_targets(model, batches.eval_batches(), precision=precision)
     result = {"words": len(test_words), **word_figures(scores, tokenizer)}
     result["baselines"] = ngram_baselines(train_words, test_words)
-    if samples:
-        result["sampled_words"] = sample_novelty(
-            model, tokenizer, set(train_words), set(test_words), samples, max_length, seed
-        )
     return result
 
 
@@ -186,9 +162,9 @@ def format_word_table(result: dict) -> str:
     s = result.get("sampled_words")
     if s:
         lines.append(
-            f"{s['samples']} sampled words: {s['in_train']:.1%} in training set, "
-            f"{s['in_test']:.1%} in test set, {s['new']:.1%} new "
-            f"(e.g. {', '.join(s['examples'][:8])})"
+            f"{s['samples']} sampled words: {s['in_train']:.1%} in the training split, "
+            f"{s['in_val']:.1%} in validation, {s['in_test']:.1%} in test, {s['new']:.1%} "
+            f"in none of them (e.g. {', '.join(s['examples'][:8])})"
         )
     return "\n".join(lines)
 
@@ -301,21 +277,22 @@ def format_text_table(result: dict) -> str:
 
 def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 0) -> dict:
     """Evaluate a run's best weights on its test split (or on `data`); save the figures."""
-    cfg = run.config()
-    tokenizer = run.tokenizer(cfg)
-    model = run.load_model(cfg, tokenizer).to(pick_device())
-    if cfg.data.kind == "text":
-        result = _evaluate_text_run(run, cfg, model, tokenizer, data)
+    from tinylm.inference import load
+
+    loaded = load(run.path)
+    if loaded.task.words:
+        result = _evaluate_words_run(loaded, data, samples, seed)
     else:
-        result = _evaluate_words_run(run, cfg, model, tokenizer, data, samples, seed)
+        result = _evaluate_text_run(run, loaded.cfg, loaded.model, loaded.tokenizer, data)
     result["data"] = data or "test split"
     name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
     run.write_json(name, result)
     return result
 
 
-def _evaluate_words_run(run, cfg, model, tokenizer, data, samples, seed) -> dict:
-    train_words = run.read_split("train")
+def _evaluate_words_run(loaded, data, samples, seed) -> dict:
+    run, cfg, tokenizer = loaded.run, loaded.cfg, loaded.tokenizer
+    splits = {name: run.read_split(name) for name in ("train", "val", "test")}
     if data:
         words = load_words(data, cfg.data.min_len, cfg.data.max_len)
         vocab = tokenizer.tok.get_vocab()
@@ -323,22 +300,17 @@ def _evaluate_words_run(run, cfg, model, tokenizer, data, samples, seed) -> dict
         skipped = len(words) - len(usable)
         words = usable
     else:
-        words, skipped = run.read_split("test"), 0
+        words, skipped = splits["test"], 0
         if not words:
             raise UserError(
                 f"{run.path} has no test split (data.test_fraction was 0); pass --data FILE."
             )
     if not words:
         raise UserError(f"No word in {data} can be written with this model's characters.")
-    result = evaluate_words(
-        model,
-        tokenizer,
-        words,
-        train_words,
-        samples=samples,
-        seed=seed,
-        max_length=cfg.data.max_len,
-    )
+    result = evaluate_words(loaded.model, tokenizer, words, splits["train"])
+    if samples:
+        known = {name: set(ws) for name, ws in splits.items()}
+        result["sampled_words"] = sample_novelty(loaded, known, samples, seed)
     result["skipped_words"] = skipped
     return result
 

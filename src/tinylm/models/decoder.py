@@ -23,22 +23,36 @@ class ModelOutput:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, so each new token costs one step."""
+    """Keys and values of every layer, `rows` sequences of up to `max_len` positions each, so a
+    new token costs one step of the model instead of re-reading its sequence."""
 
-    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int, like):
-        shape = (batch, n_heads, max_len, head_dim)
+    def __init__(self, n_layers: int, rows: int, n_heads: int, max_len: int, head_dim: int, like):
+        shape = (rows, n_heads, max_len, head_dim)
         self.k = [like.new_zeros(shape) for _ in range(n_layers)]
         self.v = [like.new_zeros(shape) for _ in range(n_layers)]
-        self.pos = 0  # tokens already in the cache
-        self.max_len = max_len
 
-    def rows(self, start: int, stop: int) -> KVCache:
-        """A cache over rows start..stop of this one, sharing its memory (writes show here)."""
+    @property
+    def rows(self) -> int:
+        return self.k[0].shape[0]
+
+    def head(self, rows: int) -> KVCache:
+        """A cache over the first `rows` rows of this one, sharing its memory."""
         view = KVCache.__new__(KVCache)
-        view.k = [t[start:stop] for t in self.k]
-        view.v = [t[start:stop] for t in self.v]
-        view.pos, view.max_len = 0, self.max_len
+        view.k = [t[:rows] for t in self.k]
+        view.v = [t[:rows] for t in self.v]
         return view
+
+
+@dataclass
+class CacheSlots:
+    """Where a forward pass with a cache writes and reads: row b of the batch is row `rows[b]`
+    of the cache (None: rows 0..B-1), its tokens go to positions start[b], start[b]+1, ... and
+    each attends to its own row up to itself. `kv_len` (a host int, so the step needs no sync)
+    is how many positions of the cache the longest row reads: max(start) + T."""
+
+    start: torch.Tensor  # (B,) long
+    kv_len: int
+    rows: torch.Tensor | None = None  # (B,) long, or None for rows 0..B-1
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +70,12 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
         self.dropout = cfg.dropout
+        self.causal = cfg.causal
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, positions=None):
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, slots=None, record=None):
+        """`mask` (B or 1, 1, T, S) is True where a query may see a key; None means plainly
+        causal over the T tokens (training). With `record` (a list) the attention
+        probabilities (B, H, T, S) are appended to it, computed explicitly."""
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -65,38 +83,44 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if positions is not None:  # one token per row, each at its own position
-            rows = torch.arange(B, device=x.device)
-            cache.k[layer][rows, :, positions] = k[:, :, 0]
-            cache.v[layer][rows, :, positions] = v[:, :, 0]
-            k, v = cache.k[layer], cache.v[layer]
-        elif cache is not None:
-            end = cache.pos + T
-            cache.k[layer][:, :, cache.pos : end] = k
-            cache.v[layer][:, :, cache.pos : end] = v
-            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        if cache is not None:
+            k, v = self._through_cache(cache, layer, slots, k, v)
         dropout = self.dropout if self.training else 0.0
-        if x.device.type != "cpu" or q.dtype != torch.bfloat16:
-            # The fused kernel pays on a GPU and in fp32 on a CPU (bench/attention.py); a single
-            # new token (mask None) sees everything before it.
-            plain_causal = mask is not None and k.shape[2] == T
+        causal = mask is None and self.causal  # causal=False: the text notebook's mistake
+        if record is None and (x.device.type != "cpu" or q.dtype != torch.bfloat16):
+            # The fused kernel pays on a GPU and in fp32 on a CPU (bench/attention.py).
             y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=None if plain_causal or mask is None else mask.to(q.dtype),
-                dropout_p=dropout,
-                is_causal=plain_causal,
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
             )
         else:
             # In bf16 on a CPU, plain matmul + softmax is 1.4-10x faster than the fused kernel
-            # at the sequence lengths tinylm trains on (bench/attention.py).
+            # at the sequence lengths tinylm trains on (bench/attention.py); it is also the
+            # path that can show its attention probabilities.
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
-                att = att + mask.to(att.dtype)
-            att = F.dropout(att.softmax(dim=-1), dropout, self.training)
-            y = att @ v
+                att = att.masked_fill(~mask, float("-inf"))
+            att = att.softmax(dim=-1)
+            if record is not None:
+                record.append(att.detach())
+            y = F.dropout(att, dropout, self.training) @ v
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    @staticmethod
+    def _through_cache(cache: KVCache, layer: int, slots: CacheSlots, k, v):
+        """Write this step's keys and values into the cache; return all those it attends to."""
+        B, _, T, _ = k.shape
+        positions = slots.start[:, None] + torch.arange(T, device=k.device)  # (B, T)
+        rows = slots.rows if slots.rows is not None else torch.arange(B, device=k.device)
+        cache.k[layer][rows[:, None], :, positions] = k.transpose(1, 2).to(cache.k[layer].dtype)
+        cache.v[layer][rows[:, None], :, positions] = v.transpose(1, 2).to(cache.v[layer].dtype)
+        if slots.rows is None and B == cache.rows:
+            keys, values = cache.k[layer], cache.v[layer]
+        else:
+            keys, values = cache.k[layer][rows], cache.v[layer][rows]
+        n = slots.kv_len
+        return keys[:, :, :n].to(k.dtype), values[:, :, :n].to(v.dtype)
 
 
 class MLP(nn.Module):
@@ -119,8 +143,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, positions=None):
-        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, positions)
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, slots=None, record=None):
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, slots, record)
         x = x + self.dropout(h)
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
@@ -148,8 +172,6 @@ class Decoder(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
-        causal = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu(1)
-        self.register_buffer("causal_mask", causal, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -160,43 +182,46 @@ class Decoder(nn.Module):
         if isinstance(m, nn.Linear | nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, input_ids, targets=None, cache: KVCache | None = None, positions=None):
+    def forward(
+        self,
+        input_ids,
+        targets=None,
+        cache: KVCache | None = None,
+        slots: CacheSlots | None = None,
+        attention: list | None = None,
+    ):
         """Logits for every position; with `targets` (aligned to the logits, -100 = ignore) the
         mean cross-entropy as well.
 
-        With `positions` (serving many requests at once): one new token per row, row b being
-        at position positions[b] of its own sequence in `cache`.
+        Without a cache the T tokens are positions 0..T-1 of each sequence (training, scoring).
+        With a cache and `slots`, row b's tokens sit at positions slots.start[b] onwards of its
+        cache row and see that row up to themselves (generation: prefill and decode steps of
+        many sequences at different lengths in one batch). With `attention` (a list), each
+        layer appends its attention probabilities (B, heads, T, keys).
         """
-        T = input_ids.shape[1]
-        if positions is not None:
-            if T != 1 or cache is None:
-                raise ValueError("positions= takes one token per row and a cache")
-            if int(positions.max()) >= self.cfg.context_length:
-                raise ValueError("a row is past the context")
-            cos = self.rope_cos[positions][:, None, None, :]
-            sin = self.rope_sin[positions][:, None, None, :]
-            seen = torch.arange(cache.max_len, device=input_ids.device) <= positions[:, None]
-            mask = torch.zeros(seen.shape, device=input_ids.device).masked_fill(
-                ~seen, float("-inf")
-            )
-            mask = mask[:, None, None, :]
-            start = end = None
-        else:
-            start = cache.pos if cache is not None else 0
-            end = start + T
-            if end > self.cfg.context_length:
+        B, T = input_ids.shape
+        mask = None
+        if cache is None:
+            if T > self.cfg.context_length:
                 raise ValueError(
-                    f"sequence of {end} tokens exceeds the context of {self.cfg.context_length}"
+                    f"sequence of {T} tokens exceeds the context of {self.cfg.context_length}"
                 )
-            cos = self.rope_cos[start:end]
-            sin = self.rope_sin[start:end]
-            mask = self.causal_mask[start:end, :end] if T > 1 else None
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        else:
+            if slots.kv_len > self.cfg.context_length:
+                raise ValueError(
+                    f"a row reaches position {slots.kv_len}, past the context of "
+                    f"{self.cfg.context_length}"
+                )
+            positions = slots.start[:, None] + torch.arange(T, device=input_ids.device)
+            cos = self.rope_cos[positions][:, None]  # (B, 1, T, head_dim)
+            sin = self.rope_sin[positions][:, None]
+            keys = torch.arange(slots.kv_len, device=input_ids.device)
+            mask = (keys <= positions[..., None])[:, None]  # (B, 1, T, kv_len)
         x = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i, positions)
+            x = layer(x, cos, sin, mask, cache, i, slots, attention)
         logits = self.lm_head(self.model.norm(x))
-        if cache is not None and positions is None:
-            cache.pos = end
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
@@ -204,16 +229,10 @@ class Decoder(nn.Module):
             )
         return ModelOutput(logits=logits, loss=loss)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, rows: int) -> KVCache:
         cfg = self.cfg
-        return KVCache(
-            cfg.n_layers,
-            batch,
-            cfg.n_heads,
-            max_len or cfg.context_length,
-            cfg.d_model // cfg.n_heads,
-            self.rope_cos,
-        )
+        head_dim = cfg.d_model // cfg.n_heads
+        return KVCache(cfg.n_layers, rows, cfg.n_heads, cfg.context_length, head_dim, self.rope_cos)
 
 
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id, eos_id, pad_id) -> dict:

@@ -1,0 +1,103 @@
+"""The word completer as autocomplete: the K likeliest distinct words that complete a prefix.
+
+Best-first search over continuations. A word's probability given the prefix is the chain
+rule over its remaining letters and the end-of-word token, p(rest + <eos> | <sos> prefix),
+from the model's own distribution (temperature 1). Extending a continuation can only lower
+its probability, so when the most probable entry of the frontier is a finished word, no
+unexplored continuation can beat it: the words come out exactly in order of probability.
+Words shorter than the data's shortest (`data.min_len`) are not offered. The search is
+exact unless it runs out of its budget of expanded continuations
+(`max_expansions`), which only a model with very flat predictions reaches; then it returns
+the words it has finished, still in order, and says so (`exact=False`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tinylm.inference.backends import next_logits_decoder, next_logits_seq2seq
+from tinylm.tasks import Prompt, WordTask
+
+
+@dataclass
+class Suggestion:
+    word: str
+    probability: float
+    letters: list[int]  # token ids of the completion (without <eos>)
+
+
+@dataclass
+class Suggestions:
+    prefix: str
+    words: list[Suggestion]
+    exact: bool
+
+
+@torch.no_grad()
+def likeliest_words(
+    model,
+    task: WordTask,
+    prefix: str,
+    k: int = 5,
+    *,
+    max_letters: int | None = None,
+    batch: int = 32,
+    max_expansions: int = 4096,
+) -> Suggestions:
+    """The k most probable words that complete `prefix` (at most `max_letters` letters in
+    all, default the run's longest word), best first."""
+    prompt = task.prompt(prefix)
+    letters_left = (max_letters or task.max_len) - len(prefix)
+    too_short = task.cfg.data.min_len - len(prefix)  # no word of the data is shorter
+    eos = task.tokenizer.eos_id
+    allowed = [i for i in range(task.tokenizer.vocab_size) if i not in task.banned]
+    next_logp = _scorer(model, prompt)
+    frontier: list[tuple[float, tuple[int, ...], bool]] = [(0.0, (), False)]  # (-log p, ids, done)
+    found, expanded = [], 0
+    while frontier and len(found) < k and expanded < max_expansions:
+        if frontier[0][2]:
+            cost, ids, _ = heapq.heappop(frontier)
+            found.append(
+                Suggestion(prefix + task.tokenizer.decode(ids), math.exp(-cost), list(ids))
+            )
+            continue
+        nodes = []
+        while frontier and len(nodes) < batch and not frontier[0][2]:
+            nodes.append(heapq.heappop(frontier))
+        expanded += len(nodes)
+        logp = next_logp([list(ids) for _, ids, _ in nodes])
+        for (cost, ids, _), row in zip(nodes, logp.tolist(), strict=True):
+            if len(ids) >= too_short:
+                heapq.heappush(frontier, (cost - row[eos], ids, True))
+            if len(ids) < letters_left:
+                for i in allowed:
+                    if i != eos:
+                        heapq.heappush(frontier, (cost - row[i], (*ids, i), False))
+    while frontier and frontier[0][2] and len(found) < k:  # finished words already at the top
+        cost, ids, _ = heapq.heappop(frontier)
+        found.append(Suggestion(prefix + task.tokenizer.decode(ids), math.exp(-cost), list(ids)))
+    return Suggestions(prefix, found, exact=len(found) == k or not frontier)
+
+
+def _scorer(model, prompt: Prompt):
+    """log p(next token | prompt + continuation) for a batch of continuations."""
+    if prompt.encoder is None:
+
+        def decoder(continuations):
+            histories = [prompt.ids + c for c in continuations]
+            return next_logits_decoder(model, histories).log_softmax(dim=-1)
+
+        return decoder
+    device = next(model.parameters()).device
+    x = torch.tensor([prompt.encoder], device=device)
+    states = model.hf.get_encoder()(input_ids=x).last_hidden_state[0]  # once per prefix
+
+    def seq2seq(continuations):
+        histories = [prompt.ids + c for c in continuations]
+        return next_logits_seq2seq(model, [states] * len(histories), histories).log_softmax(-1)
+
+    return seq2seq

@@ -1,0 +1,33 @@
+"""`tinylm serve`: an OpenAI-style HTTP API and a playground page over one run.
+
+protocol.py holds the request and response shapes, guard.py who may call, worker.py the
+engine's thread, app.py the routes. `serve()` runs it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tinylm.serve.app import create_app
+from tinylm.serve.guard import LOOPBACK
+from tinylm.serve.protocol import Limits, StopFilter
+
+__all__ = ["Limits", "StopFilter", "create_app", "serve"]
+
+
+def serve(run_path: Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+          api_key: str | None = None, *, device: str = "auto", name: str | None = None,
+          allow_origins: tuple[str, ...] = ()) -> None:  # fmt: skip
+    import uvicorn
+
+    loopback = host.strip("[]") in LOOPBACK
+    app = create_app(run_path, limits, api_key, device=device, name=name, loopback_only=loopback,
+                     allow_origins=allow_origins)  # fmt: skip
+    if not loopback:
+        print(f"tinylm: listening on {host}, reachable from other machines"
+              + ("" if api_key else " by anyone (no API key)") + "; there is no TLS.",
+              file=sys.stderr)  # fmt: skip
+    print(f"tinylm: serving {app.state.server.name} on http://{host}:{port}/ (Ctrl-C stops)",
+          file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -1,0 +1,249 @@
+"""The HTTP protocol of `tinylm serve`, in OpenAI's shapes: requests checked field by field,
+errors as `{"error": {"message", "type", "param", "code"}}`, and the response bodies.
+
+Nothing here knows about models or threads; app.py wires these shapes to the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.responses import JSONResponse
+
+from tinylm.inference import Sampling, SamplingError
+from tinylm.inference.sampling import make_generator
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+    def response(self) -> JSONResponse:
+        body = {
+            "error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}
+        }
+        headers = {"Retry-After": "1"} if self.status == 503 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def busy() -> ApiError:
+    return ApiError(503, "The server is busy; try again in a moment.", kind="server_busy")
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 256  # per request
+    max_n: int = 8
+    max_body: int = 64 * 1024  # bytes
+    max_active: int = 64
+    max_queue: int = 256
+
+
+@dataclass
+class CompletionRequest:
+    prompts: list[str]
+    max_tokens: int | None  # None: the task's default
+    sampling: Sampling
+    stop: list[str]
+    n: int
+    seed: int | None
+    stream: bool
+
+
+KNOWN_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "n",
+                "seed", "stream"}  # fmt: skip
+IGNORED_FIELDS = {  # accepted for compatibility when they ask for nothing we would change
+    "user": None,
+    "logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "stream_options": None,
+}
+
+
+def parse_completion(body, model_name: str, limits: Limits) -> CompletionRequest:
+    """Check every field of a completions request; raise ApiError saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    check_fields(body, KNOWN_FIELDS, IGNORED_FIELDS)
+    check_model(body, model_name)
+    prompts = parse_prompts(body.get("prompt", ""), limits)
+    n = integer(body, "n", 1, 1, limits.max_n)
+    if n * len(prompts) > limits.max_n:
+        raise ApiError(400, f"n times the number of prompts must be at most {limits.max_n}.", "n")
+    max_tokens = integer(body, "max_tokens", None, 1, 10**9)
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise ApiError(
+            400,
+            f"'max_tokens' is {max_tokens}; this server allows at most {limits.max_tokens}.",
+            "max_tokens",
+        )
+    return CompletionRequest(
+        prompts=prompts,
+        max_tokens=max_tokens,
+        sampling=parse_sampling(body),
+        stop=parse_stop(body.get("stop")),
+        n=n,
+        seed=parse_seed(body.get("seed")),
+        stream=flag(body, "stream"),
+    )
+
+
+def check_fields(body: dict, known: set, ignored: dict) -> None:
+    for key, value in body.items():
+        if key in ignored:
+            allowed = ignored[key]
+            if allowed is not None and value not in allowed:
+                raise ApiError(400, f"'{key}' is not supported by this server.", key)
+        elif key not in known:
+            raise ApiError(400, f"Unknown field '{key}'.", key)
+
+
+def check_model(body: dict, model_name: str) -> None:
+    model = body.get("model")
+    if model is not None and model != model_name:
+        raise ApiError(404, f"The model '{model}' does not exist; this server has '{model_name}'.",
+                       "model", "not_found_error")  # fmt: skip
+
+
+def parse_prompts(prompt, limits: Limits) -> list[str]:
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = prompt
+    else:
+        raise ApiError(400, "'prompt' must be a string or a non-empty list of strings.", "prompt")
+    if len(prompts) > limits.max_n:
+        raise ApiError(400, f"At most {limits.max_n} prompts per request.", "prompt")
+    return prompts
+
+
+def parse_stop(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):  # fmt: skip
+        raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 of them.",
+                       "stop")  # fmt: skip
+    return stops
+
+
+def parse_sampling(body: dict) -> Sampling:
+    """The sampling fields, checked by the rules the command line uses too."""
+    values = {
+        "temperature": body.get("temperature", 1.0),
+        "top_k": body.get("top_k", 0),
+        "top_p": body.get("top_p", 1.0),
+    }
+    try:
+        return Sampling(**{k: v for k, v in values.items() if v is not None})
+    except SamplingError as e:
+        raise ApiError(400, f"'{e.field}' {e.reason}", e.field) from None
+
+
+def parse_seed(seed) -> int | None:
+    if seed is None:
+        return None
+    try:
+        make_generator(seed)
+    except SamplingError as e:
+        raise ApiError(400, f"'seed' {e.reason}", "seed") from None
+    return seed
+
+
+def flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false.", name)
+    return value
+
+
+def integer(body: dict, name: str, default, low: int, high: int):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"'{name}' must be an integer, not {json.dumps(value)}.", name)
+    if not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be in [{low}, {high}], not {value}.", name)
+    return value
+
+
+def parse_json(data: bytes):
+    """The body as JSON; text that is not valid Unicode (a lone surrogate such as "\\ud800")
+    is refused here, before it reaches the tokenizer."""
+    try:
+        body = json.loads(data)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, f"The request body is not valid JSON ({e}).") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "The request has text that is not valid Unicode (a lone surrogate).") from None  # fmt: skip
+    return body
+
+
+class StopFilter:
+    """Cut the text at the first stop string, holding back what might be the start of one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.pending, self.stopped = stops, "", False
+
+    def push(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.pending += piece
+        cuts = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            out, self.pending, self.stopped = self.pending[: min(cuts)], "", True
+            return out
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if s.startswith(self.pending[-k:]):
+                    keep = max(keep, k)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def completion_meta(model_name: str) -> dict:
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model_name,
+    }
+
+
+def choice(index: int, text: str, finish: str | None, **extra) -> dict:
+    """One choice; extra fields (an error message, a word's probability) go beside it."""
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def sse(data) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
