@@ -1,5 +1,6 @@
 """Benchmark W (BENCHMARKS.md): train a word preset for 300 s on the shared train list, then
-score all 10,000 test words. Prints one JSON line.
+score its validation split (carved from train.txt: tune on these figures) and all 10,000 test
+words (report these, once per setting kept). Prints one JSON line.
 
     python bench/words.py                       # the default preset, 300 s
     python bench/words.py --preset words-seq2seq
@@ -28,12 +29,14 @@ from tinylm.models import param_breakdown
 from tinylm.train import train_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "words"
+DEMO = ["fin", "inv", "tra", "mar", "ban", "com", "acc"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="words")
     p.add_argument("--time", type=float, default=300.0, help="training seconds")
+    p.add_argument("--max-steps", type=int, help="a step budget instead (for experiments)")
     p.add_argument(
         "--data", type=Path, default=Path(os.environ.get("TINYLM_BENCH_WORDS", DEFAULT_DATA))
     )
@@ -46,7 +49,9 @@ def main() -> None:
     cfg = apply_overrides(load_preset(args.preset), args.overrides)
     cfg.data.source = str(args.data / "train.txt")
     cfg.data.test_fraction = 0.0  # the benchmark's test list is separate; never train on it
-    cfg.train.time, cfg.train.max_steps, cfg.train.seed = args.time, None, args.seed
+    cfg.train.time, cfg.train.max_steps, cfg.train.seed = args.time, args.max_steps, args.seed
+    if args.max_steps:
+        cfg.train.time = None
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-words-")) / "run"
     run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
 
@@ -54,7 +59,11 @@ def main() -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     test = load_words(str(args.data / "test.txt"))
     train = run.read_split("train")
+    val = evaluate_words(model, tokenizer, run.read_split("val"), train)
     result = evaluate_words(model, tokenizer, test, train)
+    dictionary = set(train) | set(run.read_split("val")) | set(test)
+    demo = [s.word for s in (likeliest_words(model, loaded.task, p, 1).words[0] for p in DEMO)]
+    greedy = [p + loaded.sample([p], Sampling(0))[0].text for p in DEMO]
     prefixes = [w[:3] for w in test[:200]]
     greedy_ms = latencies(lambda p: list(Engine(model).generate([loaded.job(p, Sampling(0))])),
                           prefixes)  # fmt: skip
@@ -66,8 +75,13 @@ def main() -> None:
                 "bench": "W",
                 "preset": args.preset,
                 "overrides": args.overrides,
+                "val_M1": round(val["bits_per_char"], 4),
+                "val_M2": round(val["next_char_accuracy"], 4),
                 "M1_bits_per_char": round(result["bits_per_char"], 4),
                 "M2_next_char_accuracy": round(result["next_char_accuracy"], 4),
+                "greedy_demo": greedy,
+                "greedy_demo_in_dictionary": sum(w in dictionary for w in greedy),
+                "likeliest_demo": demo,
                 "params": param_breakdown(model)["total"],
                 "train_seconds": round(summary["elapsed"], 1),
                 "steps": summary["step"],

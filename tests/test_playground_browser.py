@@ -43,3 +43,49 @@ def test_prompt_run_and_streamed_answer(text_runs):
             assert page.text_content("#status") == ""
         finally:
             browser.close()
+
+
+def open_page(p, url):
+    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    page = browser.new_page()
+    page.goto(url + "/")
+    return browser, page
+
+
+def test_word_completer_suggests_as_you_type(tiny_run):
+    with LiveServer(create_app(tiny_run.path)) as server, playwright.sync_playwright() as p:
+        browser, page = open_page(p, server.url)
+        try:
+            page.wait_for_function("document.getElementById('model').textContent.includes('word completer')")  # fmt: skip
+            assert page.is_visible("#suggest-box")
+            for prefix in ("c", "ca", "car"):
+                page.type("#prefix", prefix[-1], delay=30)
+                page.wait_for_function(
+                    f"[...document.querySelectorAll('#suggestions .word')].length == 5 && "
+                    f"[...document.querySelectorAll('#suggestions .word')].every("
+                    f"w => w.textContent.startsWith('{prefix}'))"
+                )
+            rows = page.query_selector_all("#suggestions li")
+            probs = [float(r.get_attribute("data-probability")) for r in rows]
+            assert probs == sorted(probs, reverse=True) and 0 < probs[-1] <= probs[0] <= 1
+            assert page.text_content("#suggestions li .p").strip().endswith("%")
+        finally:
+            browser.close()
+
+
+def test_the_page_asks_for_the_api_key_and_then_works(text_runs):
+    app = create_app(text_runs["pile-bpe"].path, api_key="s3cret")
+    with LiveServer(app) as server, playwright.sync_playwright() as p:
+        browser, page = open_page(p, server.url)
+        try:
+            page.wait_for_selector("#key-box", state="visible")
+            page.fill("#key", "s3cret")
+            page.dispatch_event("#key", "change")
+            page.wait_for_function("document.getElementById('model').textContent.includes('parameters')")  # fmt: skip
+            page.fill("#prompt", "Once")
+            page.click("#run")
+            page.wait_for_function("document.getElementById('answer').dataset.finish !== undefined",
+                                   timeout=30_000)  # fmt: skip
+            assert page.text_content("#status") == ""
+        finally:
+            browser.close()

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from tinylm.errors import UserError
 
-DEMO_TEMPERATURES = (0.5, 1.0, 1.5)
-
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a mistake gets one sentence and exit code 2, not the usage block."""
@@ -38,6 +36,24 @@ def build_parser() -> Parser:
     p = Parser(prog="tinylm", description="Train your own small language model from scratch.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    add_train_parser(sub)
+    add_use_parsers(sub)
+    add_serve_parser(sub)
+
+    pl = sub.add_parser("plot", help="loss curves of one or more runs on one picture")
+    pl.add_argument("runs", type=Path, nargs="+")
+    pl.add_argument("-o", "--output", type=Path, default=Path("loss-curves.png"))
+    pl.add_argument("--x", choices=["tokens", "time", "step"], default="tokens")
+    pl.set_defaults(func=cmd_plot)
+
+    i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
+    i.add_argument("run", type=Path)
+    add_device_option(i)
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model from a preset")
     t.add_argument("preset", nargs="?", help="preset name or YAML file (default: words)")
     t.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.lr=1e-3")
@@ -56,6 +72,8 @@ def build_parser() -> Parser:
     t.add_argument("--no-report", action="store_true", help="skip the evaluation after training")
     t.set_defaults(func=cmd_train)
 
+
+def add_use_parsers(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a run on held-out data")
     e.add_argument("run", type=Path)
     e.add_argument("--data", help="other data to evaluate on (default: the run's test split)")
@@ -89,12 +107,8 @@ def build_parser() -> Parser:
     add_sampling_options(ch)
     ch.set_defaults(func=cmd_chat)
 
-    pl = sub.add_parser("plot", help="loss curves of one or more runs on one picture")
-    pl.add_argument("runs", type=Path, nargs="+")
-    pl.add_argument("-o", "--output", type=Path, default=Path("loss-curves.png"))
-    pl.add_argument("--x", choices=["tokens", "time", "step"], default="tokens")
-    pl.set_defaults(func=cmd_plot)
 
+def add_serve_parser(sub) -> None:
     sv = sub.add_parser("serve", help="HTTP API (OpenAI completions format) and playground page")
     sv.add_argument("run", type=Path)
     sv.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
@@ -117,12 +131,6 @@ def build_parser() -> Parser:
     )  # fmt: skip
     add_device_option(sv)
     sv.set_defaults(func=cmd_serve)
-
-    i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
-    i.add_argument("run", type=Path)
-    add_device_option(i)
-    i.set_defaults(func=cmd_info)
-    return p
 
 
 def add_sampling_options(p) -> None:
@@ -176,6 +184,8 @@ def cmd_train(args) -> int:
         print(f"Loss curve: {run.loss_plot_path}")
         return 130
     if not args.no_report:
+        from tinylm.show import report
+
         report(run)
     print(f"Loss curve: {run.loss_plot_path}")
     return 0
@@ -196,62 +206,6 @@ def init_config(source: Path, preset, overrides, data):
     cfg = apply_overrides(Run.open(source).config(), overrides)
     cfg.preset = f"{cfg.preset}-adapted"
     return cfg
-
-
-def report(run) -> None:
-    """What a user wants to see after training: test figures and a few samples."""
-    from tinylm.evaluate import evaluate_run, format_text_table, format_word_table
-    from tinylm.inference import Sampling, load
-
-    loaded = load(run.path)
-    if loaded.cfg.data.test_fraction > 0:
-        result = evaluate_run(run)
-        print(format_word_table(result) if loaded.task.words else format_text_table(result))
-    demo = loaded.cfg.demo
-    if demo and loaded.task.words:
-        print("the likeliest words:")
-        print_suggestions(loaded, demo, k=5, as_json=False)
-        for t in DEMO_TEMPERATURES:
-            print(f"temperature {t}:")
-            print_samples(loaded, demo, Sampling(t), num=5, seed=0, as_json=False)
-    for prompt in demo if not loaded.task.words else ():
-        text = "".join(loaded.stream(prompt, Sampling(0.8, top_p=0.95), seed=0))
-        print(f"  {prompt}{text}")
-
-
-def print_suggestions(loaded, prefixes, k, as_json, max_length=None) -> None:
-    import json
-
-    from tinylm.inference.search import likeliest_words
-
-    results = [likeliest_words(loaded.model, loaded.task, p, k, max_letters=max_length)
-               for p in prefixes]  # fmt: skip
-    for r in results:
-        if as_json:
-            for s in r.words:
-                print(json.dumps({"prefix": r.prefix, "completion": s.word,
-                                  "probability": round(s.probability, 6)}))  # fmt: skip
-        else:
-            words = "  ".join(f"{s.word} {s.probability:.1%}" for s in r.words)
-            print(f"  {r.prefix:<8} {words}" + ("" if r.exact else "  (search budget reached)"))
-
-
-def print_samples(loaded, prefixes, sampling, num, seed, as_json, max_length=None) -> None:
-    import json
-    import math
-
-    limits = [max_length and max_length - len(p) for p in prefixes]
-    outs = loaded.sample(prefixes, sampling, n=num, seed=seed, max_tokens=limits)
-    for i, prefix in enumerate(prefixes):
-        mine = outs[i * num : (i + 1) * num]
-        if as_json:
-            for c in mine:
-                p = math.exp(c.logprob) if c.finished else None
-                print(json.dumps({"prefix": prefix, "completion": prefix + c.text,
-                                  "probability": p and round(p, 6)}))  # fmt: skip
-        else:
-            words = " ".join(prefix + c.text + ("" if c.finished else "…") for c in mine)
-            print(f"  {prefix:<8} {words}")
 
 
 def cmd_eval(args) -> int:
@@ -278,6 +232,8 @@ def cmd_complete(args) -> int:
     sampling = sampling_from(args, temperature=args.temperature or 0.0)
     for prefix in args.prefixes:
         loaded.task.prompt(prefix)  # every prefix checked before any work
+    from tinylm.show import print_samples, print_suggestions
+
     if sampling.greedy:
         print_suggestions(loaded, args.prefixes, args.num or args.top, args.json, args.max_length)
     else:
@@ -385,36 +341,9 @@ def api_key(args) -> str | None:
 
 def cmd_info(args) -> int:
     from tinylm.inference import load
-    from tinylm.models import param_breakdown
+    from tinylm.show import print_info
 
-    loaded = load(args.run, args.device)
-    run, cfg = loaded.run, loaded.cfg
-    print(f"Run {run.path}: a {loaded.task.kind}\n\nConfiguration (tinylm.yaml):")
-    print("  " + cfg.to_yaml().strip().replace("\n", "\n  "))
-    print("\nParameters:")
-    for part, n in param_breakdown(loaded.model).items():
-        print(f"  {part:<16}{n:>12,}")
-    split = run.read_json("split/split.json")
-    if split:
-        print("\nSplit: " + ", ".join(f"{k} {v:,}" for k, v in split["counts"].items()))
-    vals = [r for r in run.metrics() if "val_loss" in r]
-    if vals:
-        best = min(vals, key=lambda r: r["val_loss"])
-        print(
-            f"\nBest validation loss {best['val_loss']:.4f} nats at step {best['step']:,} "
-            f"({best['time']:.0f} s, {best['tokens']:,} targets); {len(vals)} validations."
-        )
-    result = run.read_json("eval.json")
-    if result and "bits_per_byte" in result:
-        print(
-            f"Test: {result['bits_per_byte']:.3f} bits/byte, {result['loss_per_token']:.3f} "
-            f"nats/token, {result['top1_accuracy']:.1%} top-1 accuracy."
-        )
-    if result and "bits_per_char" in result:
-        print(
-            f"Test: {result['bits_per_char']:.3f} bits/char, "
-            f"{result['next_char_accuracy']:.1%} next-character accuracy."
-        )
+    print_info(load(args.run, args.device))
     return 0
 
 

@@ -169,7 +169,6 @@ def format_word_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
 def evaluate_text(
     model,
     tokenizer,
@@ -181,81 +180,55 @@ def evaluate_text(
 ) -> dict:
     """Benchmark T's figures on `docs`: each document scored from its start (end-of-text as
     context) in windows of at most `context` tokens that overlap by half, so every token is
-    predicted with at least half a context of history, and exactly once.
+    predicted with at least half a context of history, and exactly once (inference/scoring.py).
 
     Bits per byte charge every <UNK> its own loss plus 8 bits per UTF-8 byte of the word it
     replaced (the word spelled out by a uniform byte model).
     """
-    device = next(model.parameters()).device
-    stride = max(1, context // 2)
+    from tinylm.inference.scoring import score
+
     encodings = tokenizer.tok.encode_batch(list(docs), add_special_tokens=False)
-    windows, unk_bytes, total_bytes = [], 0, 0
-    for doc, enc in zip(docs, encodings, strict=True):
-        total_bytes += len(doc.encode("utf-8"))
-        if tokenizer.unk_id is not None:
-            unk_bytes += sum(
-                len(doc[a:b].encode("utf-8"))
-                for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
-                if i == tokenizer.unk_id
-            )
-        ids = [tokenizer.bos_id, *enc.ids]
-        last, begin = len(ids) - 1, 0  # position p predicts ids[p + 1]
-        scored_until = 0
-        while scored_until < last:
-            end = min(begin + context, last)
-            windows.append((ids[begin : end + 1], end - scored_until))
-            scored_until, begin = end, begin + stride
-    per_batch = max(1, batch_tokens // context)
-    nll = correct1 = correct5 = count = unk = 0.0
-    baseline_nll = 0.0
-    log_unigram = None
-    if unigram_counts is not None:
-        log_unigram = (
-            (unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))
-        ).log()
-    windows.sort(key=lambda w: len(w[0]))  # similar lengths together: little padding
-    for i in range(0, len(windows), per_batch):
-        chunk = windows[i : i + per_batch]
-        width = max(len(w) for w, _ in chunk) - 1
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        y = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        for j, (w, scored) in enumerate(chunk):
-            n = len(w) - 1
-            x[j, :n] = torch.tensor(w[:-1])
-            y[j, n - scored : n] = torch.tensor(w[n - scored + 1 :])
-        logits = model(x.to(device)).logits.float()
-        keep = y != IGNORE
-        logp = logits.log_softmax(dim=-1)[keep.to(device)].cpu()
-        targets = y[keep]
-        nll -= float(logp.gather(-1, targets[:, None]).sum())
-        top5 = logp.topk(min(5, logp.shape[-1]), dim=-1).indices
-        correct1 += float((top5[:, 0] == targets).sum())
-        correct5 += float((top5 == targets[:, None]).any(dim=-1).sum())
-        count += len(targets)
-        if tokenizer.unk_id is not None:
-            unk += float((targets == tokenizer.unk_id).sum())
-        if log_unigram is not None:
-            baseline_nll -= float(log_unigram[targets].sum())
-    if not count:
+    sequences = [[tokenizer.bos_id, *enc.ids] for enc in encodings]
+    scores = score(model, sequences, context, batch_tokens=batch_tokens)
+    targets = torch.cat([s.targets for s in scores])
+    if not len(targets):
         raise UserError("There is no text to evaluate (every document is empty).")
-    bits = nll / LN2 + 8 * unk_bytes
+    count, nll = len(targets), -float(torch.cat([s.logp for s in scores]).double().sum())
+    top5 = torch.cat([s.top_ids for s in scores])
+    unk_bytes = unknown_bytes(tokenizer, docs, encodings)
+    total_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
     result = {
         "documents": len(docs),
-        "tokens": int(count),
+        "tokens": count,
         "bytes": total_bytes,
         "loss_per_token": nll / count,
         "perplexity": math.exp(nll / count),
-        "bits_per_byte": bits / total_bytes,
-        "top1_accuracy": correct1 / count,
-        "top5_accuracy": correct5 / count,
-        "unk_rate": unk / count,
+        "bits_per_byte": (nll / LN2 + 8 * unk_bytes) / total_bytes,
+        "top1_accuracy": float((top5[:, 0] == targets).sum()) / count,
+        "top5_accuracy": float((top5 == targets[:, None]).any(dim=-1).sum()) / count,
+        "unk_rate": float((targets == tokenizer.unk_id).sum()) / count
+        if tokenizer.unk_id is not None
+        else 0.0,  # fmt: skip
         "unk_bits_per_byte": 8 * unk_bytes / total_bytes,
     }
-    if log_unigram is not None:
-        result["baselines"] = {
-            "unigram": {"bits_per_byte": (baseline_nll / LN2 + 8 * unk_bytes) / total_bytes}
-        }
+    if unigram_counts is not None:
+        counts = unigram_counts.double()
+        log_unigram = ((counts + 1) / (counts.sum() + len(counts))).log()
+        baseline = -float(log_unigram[targets].sum()) / LN2 + 8 * unk_bytes
+        result["baselines"] = {"unigram": {"bits_per_byte": baseline / total_bytes}}
     return result
+
+
+def unknown_bytes(tokenizer, docs, encodings) -> int:
+    """UTF-8 bytes of the text that the tokenizer turned into <UNK>."""
+    if tokenizer.unk_id is None:
+        return 0
+    return sum(
+        len(doc[a:b].encode("utf-8"))
+        for doc, enc in zip(docs, encodings, strict=True)
+        for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
+        if i == tokenizer.unk_id
+    )
 
 
 def format_text_table(result: dict) -> str:

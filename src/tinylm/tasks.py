@@ -8,7 +8,7 @@ one contract, as makemore's models share theirs:
     TextTask         a text generator (word-level or BPE tokens, or characters of running text)
     WordTask         a word completer on the decoder: `<sos> prefix` -> the rest, then `<eos>`
     Seq2SeqWordTask  the notebook's encoder-decoder: encoder reads `<sos> prefix <eos>`, the
-                     decoder starts from `<sos>` and writes the rest, then `<eos>`
+                     decoder reads `<sos> prefix` and writes the rest, then `<eos>`
 """
 
 from __future__ import annotations
@@ -130,8 +130,10 @@ class WordTask(Task):
 
 class Seq2SeqWordTask(WordTask):
     def prompt(self, text: str) -> Prompt:
-        tok = self.tokenizer
-        return Prompt(text, [tok.bos_id], encoder=[tok.bos_id, *self.letters(text), tok.eos_id])
+        """The encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> prefix` too (as it
+        was trained) and writes the rest."""
+        tok, letters = self.tokenizer, self.letters(text)
+        return Prompt(text, [tok.bos_id, *letters], encoder=[tok.bos_id, *letters, tok.eos_id])
 
 
 def task_for(cfg: RunConfig, tokenizer: Tokenizer) -> Task:

@@ -18,9 +18,11 @@ IGNORE = -100
 class WordBatches:
     """Words grouped by length, so a batch holds words of one length and carries no padding.
 
-    Each batch holds about `batch_tokens` targets. For the decoder a word is `<sos> w <eos>`;
-    for seq2seq the encoder reads `<sos> prefix <eos>` and the decoder predicts the rest and
-    `<eos>`, with the prefix length drawn at random (0 included, so whole words are learnt too).
+    Each batch holds about `batch_tokens` targets. For the decoder a word is `<sos> w <eos>`.
+    For seq2seq the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> w` as well
+    and predicts only the rest of the word and `<eos>` (labels -100 over the prefix), so it
+    sees the letters it continues, as the decoder-only model does. The prefix length is drawn
+    at random, 0 included, so whole words are learnt too.
     """
 
     def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int, arch: str):
@@ -82,12 +84,13 @@ class WordBatches:
     def seq2seq_batch(self, words: list[list[int]], split: list[int]) -> dict[str, torch.Tensor]:
         tok = self.tok
         enc = [[tok.bos_id, *w[:k], tok.eos_id] for w, k in zip(words, split, strict=True)]
-        dec = [[*w[k:], tok.eos_id] for w, k in zip(words, split, strict=True)]
+        labels = [[IGNORE] * k + [*w[k:], tok.eos_id] for w, k in zip(words, split, strict=True)]
         input_ids = pad(enc, tok.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": (input_ids != tok.pad_id).long(),
-            "targets": pad(dec, IGNORE),
+            "decoder_input_ids": pad([[tok.bos_id, *w] for w in words], tok.pad_id),
+            "targets": pad(labels, IGNORE),
         }
 
 

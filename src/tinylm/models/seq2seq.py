@@ -1,15 +1,16 @@
 """The original notebook's model: a Hugging Face EncoderDecoderModel built from two BertConfigs.
 
-Made to work for real: the encoder reads `<sos> prefix <eos>`, the decoder starts from `<sos>`
-and is trained on the rest of the word followed by `<eos>` (labels are the decoder's targets,
-one per decoder position; transformers shifts them right to make the decoder's inputs).
+Made to work for real: the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos>` and
+the prefix too, and is trained on the rest of the word followed by `<eos>` (targets -100 over
+the prefix). A decoder that had to guess which letters it continues from the encoder alone
+learnt far slower (bench/README.md). With transformers: `model.generate(input_ids=<sos> prefix
+<eos>, decoder_input_ids=<sos> prefix)` continues the word.
 """
 
 from __future__ import annotations
 
 import warnings
 
-import torch
 import torch.nn as nn
 
 from tinylm.config import ModelConfig
@@ -62,26 +63,7 @@ class Seq2Seq(nn.Module):
     def from_folder(cls, folder) -> Seq2Seq:
         return cls(_hf().EncoderDecoderModel.from_pretrained(str(folder)))
 
-    def forward(self, input_ids, attention_mask, targets=None) -> ModelOutput:
-        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=targets)
+    def forward(self, input_ids, attention_mask, decoder_input_ids, targets=None) -> ModelOutput:
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
+                      decoder_input_ids=decoder_input_ids, labels=targets)  # fmt: skip
         return ModelOutput(logits=out.logits, loss=out.loss)
-
-    @torch.no_grad()
-    def complete(
-        self, input_ids, attention_mask, max_new_tokens, temperature, banned=(), generator=None
-    ):
-        """Decoder tokens after <sos>, sampled (temperature > 0) or greedy, until <eos>."""
-        if generator is not None:  # transformers samples from the global generator
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        sample = temperature > 0
-        out = self.hf.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_k=0 if sample else None,
-            top_p=1.0 if sample else None,
-            suppress_tokens=list(banned) or None,
-        )
-        return out[:, 1:]  # drop the decoder start token
