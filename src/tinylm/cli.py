@@ -39,6 +39,7 @@ def build_parser() -> Parser:
     add_train_parser(sub)
     add_use_parsers(sub)
     add_serve_parser(sub)
+    add_explain_parsers(sub)
 
     pl = sub.add_parser("plot", help="loss curves of one or more runs on one picture")
     pl.add_argument("runs", type=Path, nargs="+")
@@ -133,6 +134,29 @@ def add_serve_parser(sub) -> None:
     sv.set_defaults(func=cmd_serve)
 
 
+def add_explain_parsers(sub) -> None:
+    a = sub.add_parser("attention", help="the model's attention weights for a prompt, as pictures")
+    a.add_argument("run", type=Path)
+    a.add_argument("prompt")
+    a.add_argument("--out", type=Path, default=Path("attention.png"), help="the picture")
+    a.add_argument("--json", action="store_true", help="print the weights as JSON instead")
+    add_device_option(a)
+    a.set_defaults(func=cmd_attention)
+
+    k = sub.add_parser("tokens", help="how a text is cut into tokens, and the model's surprise")
+    k.add_argument("run", type=Path)
+    k.add_argument("text")
+    k.add_argument("--json", action="store_true", help="a list of {id, piece, bits}")
+    add_device_option(k)
+    k.set_defaults(func=cmd_tokens)
+
+    r = sub.add_parser("report", help="one self-contained HTML page about a run")
+    r.add_argument("run", type=Path)
+    r.add_argument("--out", type=Path, help="the page (default: RUN/report.html)")
+    add_device_option(r)
+    r.set_defaults(func=cmd_report)
+
+
 def add_sampling_options(p) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 to 2; 0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
@@ -188,6 +212,7 @@ def cmd_train(args) -> int:
 
         report(run)
     print(f"Loss curve: {run.loss_plot_path}")
+    print(f"A page about this run: tinylm report {run.path}")
     return 0
 
 
@@ -215,6 +240,8 @@ def cmd_eval(args) -> int:
     from tinylm.runs import Run
 
     result = evaluate_run(Run.open(args.run), data=args.data, samples=args.samples)
+    if result.get("caveat"):
+        print(f"tinylm: note: {result['caveat']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -269,7 +296,10 @@ def cmd_generate(args) -> int:
     from tinylm.inference import load
 
     sampling_from(args)  # checked before the model loads
-    stream(load(args.run, args.device), args.prompt, args)
+    loaded = load(args.run, args.device)
+    if loaded.caveat:
+        print(f"tinylm: note: {loaded.caveat}", file=sys.stderr)
+    stream(loaded, args.prompt, args)
     return 0
 
 
@@ -314,29 +344,48 @@ def cmd_plot(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from tinylm.serve import Limits, serve
+    from tinylm.serve import Limits, read_api_key, serve
 
     limits = Limits(
         max_tokens=args.max_tokens, max_active=args.max_active, max_queue=args.max_queue
     )
-    serve(args.run, args.host, args.port, limits, api_key(args), device=args.device,
-          name=args.name, allow_origins=tuple(args.allow_origin))  # fmt: skip
+    key = read_api_key(args.api_key_file, args.api_key)
+    serve(args.run, args.host, args.port, limits, key, device=args.device, name=args.name,
+          allow_origins=tuple(args.allow_origin))  # fmt: skip
     return 0
 
 
-def api_key(args) -> str | None:
-    """--api-key-file, else TINYLM_API_KEY, else --api-key; None: no key required."""
-    import os
+def cmd_attention(args) -> int:
+    import json
 
-    if args.api_key_file:
-        try:
-            key = args.api_key_file.read_text().strip()
-        except OSError as e:
-            raise UserError(f"Cannot read the API key file {args.api_key_file} ({e.strerror}).") from None  # fmt: skip
-        if not key:
-            raise UserError(f"The API key file {args.api_key_file} is empty.")
-        return key
-    return os.environ.get("TINYLM_API_KEY") or args.api_key
+    from tinylm.explain import attention
+    from tinylm.inference import load
+    from tinylm.plots import plot_attention
+
+    maps = attention(load(args.run, args.device), args.prompt)
+    if args.json:
+        print(json.dumps({"maps": [m.to_json() for m in maps]}))
+    else:
+        print(plot_attention(maps, args.out, title=f"{args.run}: {args.prompt!r}"))
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    from tinylm.explain import surprise
+    from tinylm.inference import load
+    from tinylm.show import print_tokens
+
+    print_tokens(surprise(load(args.run, args.device), args.text), as_json=args.json)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tinylm.inference import load
+    from tinylm.report import write_report
+
+    loaded = load(args.run, args.device)
+    print(write_report(loaded, args.out or loaded.run.path / "report.html"))
+    return 0
 
 
 def cmd_info(args) -> int:

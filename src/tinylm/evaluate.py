@@ -258,6 +258,8 @@ def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 
     else:
         result = _evaluate_text_run(run, loaded.cfg, loaded.model, loaded.tokenizer, data)
     result["data"] = data or "test split"
+    if loaded.caveat:
+        result["caveat"] = loaded.caveat
     name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
     run.write_json(name, result)
     return result

@@ -48,3 +48,39 @@ def plot_losses(curves: list[tuple[str, list[dict]]], out: Path, x: str = "token
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def plot_attention(maps, out: Path, title: str = "") -> Path:
+    """One heatmap per layer and head, a block of rows per map (e.g. encoder, decoder and
+    cross-attention), axes labelled with the tokens: rows are queries, columns keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(m, layer) for m in maps for layer in range(len(m.weights))]
+    heads = max(m.weights.shape[1] for m in maps)
+    size = max(max(len(m.queries), len(m.keys)) for m in maps)
+    cell = min(3.2, max(1.6, 0.18 * size + 0.8))
+    fig, axes = plt.subplots(len(rows), heads, figsize=(cell * heads + 0.8, cell * len(rows) + 0.6),
+                             dpi=100, squeeze=False)  # fmt: skip
+    for r, (m, layer) in enumerate(rows):
+        for h in range(heads):
+            ax = axes[r][h]
+            if h >= m.weights.shape[1]:
+                ax.axis("off")
+                continue
+            ax.imshow(m.weights[layer, h].numpy(), cmap="viridis", vmin=0, vmax=1)
+            small = 7 if size <= 24 else 5
+            ax.set_xticks(range(len(m.keys)), m.keys, rotation=90, fontsize=small)
+            ax.set_yticks(range(len(m.queries)), m.queries, fontsize=small)
+            ax.set_title(f"{m.name}: layer {layer + 1}, head {h + 1}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

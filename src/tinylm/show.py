@@ -16,6 +16,8 @@ def report(run) -> None:
     from tinylm.evaluate import evaluate_run, format_text_table, format_word_table
 
     loaded = load(run.path)
+    if loaded.caveat:
+        print(f"Note: {loaded.caveat}")
     if loaded.cfg.data.test_fraction > 0:
         result = evaluate_run(run)
         print(format_word_table(result) if loaded.task.words else format_text_table(result))
@@ -65,7 +67,10 @@ def print_info(loaded: LoadedRun) -> None:
     from tinylm.models import param_breakdown
 
     run, cfg = loaded.run, loaded.cfg
-    print(f"Run {run.path}: a {loaded.task.kind}\n\nConfiguration (tinylm.yaml):")
+    print(f"Run {run.path}: a {loaded.task.kind}")
+    if loaded.caveat:
+        print(f"Note: {loaded.caveat}")
+    print("\nConfiguration (tinylm.yaml):")
     print("  " + cfg.to_yaml().strip().replace("\n", "\n  "))
     print("\nParameters:")
     for part, n in param_breakdown(loaded.model).items():
@@ -91,3 +96,22 @@ def print_info(loaded: LoadedRun) -> None:
             f"Test: {result['bits_per_char']:.3f} bits/char, "
             f"{result['next_char_accuracy']:.1%} next-character accuracy."
         )
+
+
+def print_tokens(tokens, as_json: bool) -> None:
+    """Token by token: id, piece and surprise; coloured on a terminal (not with NO_COLOR)."""
+    import os
+    import sys
+
+    from tinylm.explain import color_tokens
+
+    if as_json:
+        print(json.dumps([t.to_json() for t in tokens]))
+        return
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        print(color_tokens(tokens) + "  (green: expected, red: surprising)")
+    for t in tokens:
+        mark = "  <UNK>" if t.unk else ""
+        print(f"{t.id:>7}  {t.piece or '(end)'!r:<16} {t.bits:6.2f} bits{mark}")
+    total = sum(t.bits for t in tokens)
+    print(f"{len(tokens)} tokens, {total:.2f} bits in all ({total / len(tokens):.3f} per token)")

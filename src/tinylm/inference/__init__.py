@@ -36,6 +36,17 @@ class LoadedRun:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def caveat(self) -> str | None:
+        """What a user must know before trusting this run's figures, or None."""
+        if self.cfg.model.causal:
+            return None
+        return (
+            "This run was trained without a causal mask (model.causal=false): every position "
+            "could see the token it had to predict, so its loss is not a language model's and "
+            "its generations fall apart. The original text notebook made this mistake."
+        )
+
     def job(
         self,
         prompt: Prompt | str,

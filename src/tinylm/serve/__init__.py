@@ -13,7 +13,25 @@ from tinylm.serve.app import create_app
 from tinylm.serve.guard import LOOPBACK
 from tinylm.serve.protocol import Limits, StopFilter
 
-__all__ = ["Limits", "StopFilter", "create_app", "serve"]
+__all__ = ["Limits", "StopFilter", "create_app", "read_api_key", "serve"]
+
+
+def read_api_key(path: Path | None, given: str | None) -> str | None:
+    """The key from a file, else TINYLM_API_KEY, else the one given on the command line (where
+    `ps` shows it); None: no key required."""
+    import os
+
+    from tinylm.errors import UserError
+
+    if path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as e:
+            raise UserError(f"Cannot read the API key file {path} ({e.strerror}).") from None
+        if not key:
+            raise UserError(f"The API key file {path} is empty.")
+        return key
+    return os.environ.get("TINYLM_API_KEY") or given
 
 
 def serve(run_path: Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
