@@ -45,7 +45,7 @@ def likeliest_words(
     k: int = 5,
     *,
     max_letters: int | None = None,
-    batch: int = 32,
+    batch: int = 64,
     max_expansions: int = 4096,
 ) -> Suggestions:
     """The k most probable words that complete `prefix` (at most `max_letters` letters in
