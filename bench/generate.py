@@ -1,0 +1,71 @@
+"""Batch-1 generation speed: tinylm's engine against stock transformers' `generate` on the same
+run directory, the same prompt and length, greedy, both with a key/value cache. Prints one
+JSON line (tokens per second of each, and their ratio), after checking that both produce the
+same tokens.
+
+    python bench/generate.py --run runs/pile-bpe
+    python bench/generate.py --run runs/pile-bpe --tokens 200 --repeat 5
+
+Target (issue 13): tinylm at least 2x transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tinylm.inference import Engine, Sampling, load
+
+PROMPT = "The history of the"
+
+
+def tinylm_tokens(loaded, n: int) -> list[int]:
+    job = loaded.job(PROMPT, Sampling(0.0), max_tokens=n)
+    job.stop_ids, job.banned = (), ()  # exactly n tokens, plain greedy as transformers does
+    return [e.token for e in Engine(loaded.model).generate([job]) if e.token is not None]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
+    from transformers import AutoModelForCausalLM
+
+    loaded = load(args.run, "cpu")
+    hf = AutoModelForCausalLM.from_pretrained(args.run).eval()
+    ids = torch.tensor([loaded.task.prompt(PROMPT).ids])
+    n = min(args.tokens, loaded.cfg.model.context_length - ids.shape[1])  # no window slide
+
+    def hf_tokens():
+        with torch.no_grad():
+            out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              pad_token_id=loaded.tokenizer.eos_id)  # fmt: skip
+        return out[0, ids.shape[1] :].tolist()
+
+    mine, theirs = tinylm_tokens(loaded, n), hf_tokens()
+    same = sum(a == b for a, b in zip(mine, theirs, strict=True))
+    rates = {"tinylm": [], "transformers": []}
+    for _ in range(args.repeat):
+        for name, fn in (("tinylm", lambda: tinylm_tokens(loaded, n)), ("transformers", hf_tokens)):
+            t0 = time.perf_counter()
+            fn()
+            rates[name].append(n / (time.perf_counter() - t0))
+    ours, ref = statistics.median(rates["tinylm"]), statistics.median(rates["transformers"])
+    print(json.dumps({
+        "bench": "generate", "run": str(args.run), "new_tokens": n, "same_tokens": same,
+        "tinylm_tokens_per_s": round(ours, 1), "transformers_tokens_per_s": round(ref, 1),
+        "ratio": round(ours / ref, 2),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
