@@ -1,6 +1,8 @@
-"""The clients people point at a local model: log-probabilities and echo (what
-lm-evaluation-harness sends), token-id prompts, usage in streams."""
+"""The clients people point at a local model: chat completions, log-probabilities and echo
+(what lm-evaluation-harness sends), token-id prompts, usage in streams."""
 
+import json
+import shutil
 from types import SimpleNamespace
 
 import httpx
@@ -12,6 +14,7 @@ from tinylm.inference import Job, Sampling, Step
 from tinylm.inference.sampling import make_generator
 from tinylm.serve import Limits, create_app
 from tinylm.serve.answers import Answers
+from tinylm.serve.chat import TURN_MARKERS, transcript
 from tinylm.serve.scoring import Names, Pieces
 
 
@@ -26,6 +29,10 @@ def tok(server):
     return server.app.state.server.loaded.tokenizer
 
 
+def chat(server, body, **kwargs):
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30, **kwargs)
+
+
 def hf_logprobs(run_path, ids: list[int]) -> torch.Tensor:
     """log p(ids[i] | ids[:i]) for i >= 1, by stock transformers from the run directory."""
     from transformers import AutoModelForCausalLM
@@ -34,6 +41,85 @@ def hf_logprobs(run_path, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
     return logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_openai_chat_client_plain_streamed_and_with_usage(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    model = client.models.list().data[0].id
+    result = client.chat.completions.create(model=model, messages=messages, max_tokens=12, seed=5)
+    choice = result.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length") and result.object == "chat.completion"
+    assert result.usage.prompt_tokens > 5 and result.usage.completion_tokens <= 12
+    chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=12,
+                                                 seed=5, stream=True,
+                                                 stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # same seed, same reply
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == result.usage.completion_tokens  # fmt: skip
+
+
+def test_chat_logprobs_are_the_generated_tokens(server):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 1,
+            "logprobs": True, "top_logprobs": 3, "temperature": 0}  # fmt: skip
+    choice = chat(server, body).json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert 1 <= len(content) <= 6 and all(len(c["top_logprobs"]) == 3 for c in content)
+    for c in content:  # greedy: the chosen token is the likeliest
+        assert c["logprob"] == pytest.approx(c["top_logprobs"][0]["logprob"], abs=1e-5)
+    joined = bytes(b for c in content for b in c["bytes"]).decode("utf-8", "replace")
+    assert joined.strip().startswith(choice["message"]["content"][:3])
+
+
+def test_the_transcript_and_the_next_turn(server, tok):
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+                {"role": "assistant", "content": "A"}, {"role": "developer", "content": "D"}]  # fmt: skip
+    assert transcript(messages) == "System: S\nUser: U\nAssistant: A\nSystem: D\nAssistant:"
+    loaded = server.app.state.server.loaded
+    job = loaded.job("x", Sampling(0.0))
+    answers = Answers(loaded.task, [job], TURN_MARKERS, logprobs=False, lstrip=True)
+    text = ""
+    for token in tok.encode(" Fine.\nUser: and"):
+        result = answers.take(0, Step(job, token))
+        text += result.text
+        if result.finish:
+            break
+    assert (
+        text == "Fine." and result.finish == "stop" and job.cancelled.is_set()
+    )  # the reply ends at the next turn
+
+
+def test_a_chat_template_in_the_run_is_rendered_as_transformers_does(text_runs, tmp_path):
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "templated"
+    shutil.copytree(text_runs["pile-bpe"].path, run)
+    config = json.loads((run / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n"
+        "{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}"
+    )
+    (run / "tokenizer_config.json").write_text(json.dumps(config))
+    app = create_app(run)
+    server = app.state.server
+    messages = [{"role": "user", "content": "Hello"}]
+    prompt = server.chat.prompt(messages)
+    hf = AutoTokenizer.from_pretrained(run)
+    assert prompt.text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # fmt: skip
+    tok = server.loaded.tokenizer
+    assert prompt.ids == [tok.bos_id, *tok.encode_template(prompt.text)]
+    assert prompt.ids.count(tok.eos_id) == 2  # the start token, and the template's own
+    assert server.chat.stops == ["\n### user"]  # between an assistant's turn and a user's
+    with LiveServer(app) as live:
+        sneaky = {"messages": [{"role": "user", "content": "a<|endoftext|>b"}], "max_tokens": 2}
+        response = chat(live, sneaky)
+        assert response.status_code == 400 and "special token" in response.json()["error"]["message"]  # fmt: skip
+        assert chat(live, {"messages": messages, "max_tokens": 2}).status_code == 200
 
 
 def test_echo_log_probabilities_equal_transformers(server, text_runs, tok):
@@ -124,9 +210,33 @@ def test_a_request_without_max_tokens_gets_the_default_within_the_limit(text_run
         body = {"prompt": "The", "temperature": 1.0, "seed": 0}
         response = post(s, body)
         assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 5
+        reply = chat(s, {"messages": [{"role": "user", "content": "Hi"}], "seed": 0})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 5
     with LiveServer(create_app(tiny_run.path, Limits(max_tokens=3))) as s:
         response = post(s, {"prompt": "ab", "temperature": 1.0, "seed": 0})
         assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 65}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+            "tools",
+        ),  # fmt: skip
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
+    ],
+)
+def test_chat_validation(server, body, param):
+    response = chat(server, body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
 
 
 def test_the_word_completer_refuses_what_only_a_text_model_does(tiny_run):
@@ -136,6 +246,8 @@ def test_the_word_completer_refuses_what_only_a_text_model_does(tiny_run):
                             ({"prompt": [1, 2]}, "prompt")]:  # fmt: skip
             response = post(s, body)
             assert response.status_code == 400 and response.json()["error"]["param"] == param
+        response = chat(s, {"messages": [{"role": "user", "content": "ab"}]})
+        assert response.status_code == 400 and "word completer" in response.json()["error"]["message"]  # fmt: skip
 
 
 def test_the_model_card_says_the_context_length_where_clients_read_it(server):

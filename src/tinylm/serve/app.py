@@ -5,8 +5,9 @@
     GET  /health              {"status": "ok", "active": n, "waiting": m}; 503 if the engine died
     GET  /v1/models           the one model this server holds (and /v1/models/{id})
     POST /v1/completions      OpenAI's completions (echo, logprobs, token-id prompts too)
+    POST /v1/chat/completions OpenAI's chat completions over a transcript (chat.py)
 
-The request shapes live in protocol.py, the checks on who may call in guard.py,
+The request shapes live in protocol.py and chat.py, the checks on who may call in guard.py,
 the log-probabilities in scoring.py, the making of answers from events in answers.py;
 generation runs in one worker thread (worker.py) over the one engine every command uses, and
 prompt scoring (echo) in a thread of its own through inference/scoring.py, the path `tinylm
@@ -33,8 +34,9 @@ from tinylm.inference.search import likeliest_words
 from tinylm.models import param_breakdown
 from tinylm.serve import protocol as api
 from tinylm.serve.answers import Answers
+from tinylm.serve.chat import Chat, ChatShape, parse_chat
 from tinylm.serve.guard import Guard, check_key
-from tinylm.serve.scoring import Names, echo_prompts
+from tinylm.serve.scoring import Names, Pieces, echo_prompts
 from tinylm.serve.worker import QueueFull, Worker
 
 
@@ -50,8 +52,9 @@ class Server:
         self.worker = Worker(Engine(self.loaded.model, limits.max_active), limits.max_queue)
         self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
         self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
-        self.text = not self.task.words  # a text generator (echo and logprobs are its)
+        self.text = not self.task.words  # a text generator (echo, logprobs and chat are its)
         self.names = Names(self.loaded.tokenizer)
+        self.chat = Chat(self.loaded.run.path, self.task) if self.text else None
 
     async def completions(self, request: Request) -> Response:
         try:
@@ -67,6 +70,21 @@ class Server:
             echoes = await echo_prompts(self.loaded, prompts, req, self.scoring)
             shape = api.CompletionShape(self.name, req, self.names, echoes)
             return await self.generate(request, req, prompts, shape)
+        except api.ApiError as e:
+            return e.response()
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            check_key(request, self.api_key)
+            body = api.parse_json(await read_body(request, self.limits.max_body))
+            req = parse_chat(body, self.name, self.limits)
+            if not self.text:
+                raise api.ApiError(400, f"Chat is served for text models; this run is a {self.task.kind} (send a prefix to /v1/completions).", "messages")  # fmt: skip
+            prompt = self.chat.prompt(req.messages)
+            req.stop = [*req.stop, *self.chat.stops]
+            shape = ChatShape(self.name, req, self.names, Pieces(self.loaded.tokenizer),
+                              self.task.stop_ids)  # fmt: skip
+            return await self.generate(request, req, [prompt], shape)
         except api.ApiError as e:
             return e.response()
 
@@ -230,6 +248,7 @@ def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | 
             Route("/v1/models", server.models, methods=["GET"]),
             Route("/v1/models/{model:path}", server.model, methods=["GET"]),
             Route("/v1/completions", server.completions, methods=["POST"]),
+            Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
         lifespan=lifespan,
