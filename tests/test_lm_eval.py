@@ -64,7 +64,7 @@ def test_lm_eval_scores_a_run_alike_through_transformers_and_the_server(text_run
     ours = evaluate_text(loaded.model, loaded.tokenizer, docs, context=context)["bits_per_byte"]
 
     assert abs(hf - served) / served <= 0.005
-    # lm-eval's default 2048-token windows, longer than the context: the server scores them
-    # in half-overlapping windows, exactly as `tinylm eval` scores a document
+    # lm-eval's default 2048-token requests, longer than the context (each document here fits
+    # in one): the server scores them in half-overlapping windows, as `tinylm eval` does
     assert served == pytest.approx(ours, rel=1e-5)
     assert same_windows == pytest.approx(hf, rel=1e-5)
