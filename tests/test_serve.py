@@ -47,7 +47,10 @@ class LiveServer:
 
 
 def slow_down(app, seconds: float) -> None:
-    """Make every model call take a while, so tests can see requests in flight."""
+    """Make every model call take a while, and no answer end early at end-of-text (unseeded,
+    a tiny model samples it within a few tokens now and then), so tests can see requests in
+    flight."""
+    app.state.server.task.stop_ids = ()
     model = app.state.server.loaded.model
     forward = model.forward
 
