@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_serve import LiveServer, post, stream_events
 
+from conftest import synthetic_documents
 from tinylm.inference import Job, Sampling, Step
 from tinylm.inference.sampling import make_generator
 from tinylm.serve import Limits, create_app
@@ -199,7 +200,9 @@ def test_a_stop_token_is_the_last_log_probability():
     """lm-eval drops the last entry as the generated one: a job that ends at end-of-text at
     once must still list that token."""
     job = Job([1], 1, Sampling(0.0), make_generator(0))
-    answers = Answers(SimpleNamespace(reader=lambda: None), [job], [], logprobs=True)
+    answers = Answers(
+        SimpleNamespace(reader=lambda: None, tokenizer=None), [job], [], logprobs=True
+    )
     end = Step(job, finish="stop", logprob=-0.5, top=[(2, -0.5)], stop_token=2)
     result = answers.take(0, end)
     assert [(e.token, e.logprob) for e in result.entries] == [(2, -0.5)] and result.finish == "stop"
@@ -264,3 +267,20 @@ def test_each_token_gives_its_share_of_the_text(tok):
     shares = [pieces.add(i) for i in ids]
     assert "".join(shares) + pieces.flush() == text and shares[0] == ""
     assert names(tok.eos_id) == "<|endoftext|>"
+
+
+def test_word_level_echo_offsets_point_at_each_word(text_runs):
+    """The echo is what the model read (lowercase words, no punctuation; an unknown word's
+    <UNK> shows no text, as tinylm decodes it), and each offset points at its word."""
+    words = synthetic_documents()[0].split()[:6]
+    prompt = " ".join(words[:3]) + ", Qzxv " + " ".join(words[3:])
+    with LiveServer(create_app(text_runs["pile-word"].path)) as s:
+        body = {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 3, "seed": 0}
+        choice = post(s, body).json()["choices"][0]
+    lp, text = choice["logprobs"], choice["text"]
+    read = " ".join(w.strip(".,!?").lower() for w in words)
+    assert text.startswith(read) and lp["tokens"][3] == "<UNK>"
+    for token, offset in zip(lp["tokens"], lp["text_offset"], strict=True):
+        if token != "<UNK>":
+            assert text[offset : offset + len(token)] == token
+    assert None not in lp["token_logprobs"] and len(lp["tokens"]) >= 8

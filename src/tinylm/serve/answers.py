@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from tinylm.serve.protocol import StopFilter, sse
-from tinylm.serve.scoring import Entry
+from tinylm.serve.scoring import Entry, start
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Answers:
         self.offsets = [0] * len(jobs)  # characters each reader has given
         self.leading = [lstrip] * len(jobs)  # still dropping the reply's leading whitespace
         self.jobs, self.logprobs, self.tokens = jobs, logprobs, 0
+        self.tokenizer = task.tokenizer
 
     def take(self, index: int, step) -> Result:
         """What one event adds to job `index`'s answer."""
@@ -47,7 +48,8 @@ class Answers:
         piece = self.readers[index].add(step.token)
         entries = []
         if self.logprobs:
-            entries.append(Entry(step.token, step.logprob, step.top or [], self.offsets[index]))
+            at = start(self.tokenizer, self.offsets[index], piece)
+            entries.append(Entry(step.token, step.logprob, step.top or [], at))
         self.offsets[index] += len(piece)
         text = self._lead(index, stop.push(piece))
         if stop.stopped:

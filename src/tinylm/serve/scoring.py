@@ -122,9 +122,16 @@ def echo_entries(tokenizer: Tokenizer, prompt: Prompt, scores, top: int) -> Echo
         known.insert(0, (prompt.ids[0], None, []))
     pieces, text, entries = Pieces(tokenizer), "", []
     for token, logp, alternatives in known:
-        entries.append(Entry(token, logp, alternatives, len(text)))
-        text += pieces.add(token)
+        piece = pieces.add(token)
+        entries.append(Entry(token, logp, alternatives, start(tokenizer, len(text), piece)))
+        text += piece
     return Echo(text + pieces.flush(), entries)
+
+
+def start(tokenizer: Tokenizer, offset: int, piece: str) -> int:
+    """Where a token's text starts, given where its piece does: a word-level token's piece
+    begins with the space that joins it to the word before, which is not the token's."""
+    return offset + 1 if tokenizer.kind == "word" and piece.startswith(" ") else offset
 
 
 def finite(logp: float | None) -> float | None:
