@@ -155,7 +155,7 @@ def parse_prompts(prompt, limits: Limits) -> list[str | list[int]]:
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or token_ids(p) for p in prompt):  # fmt: skip
         prompts = prompt
     else:
-        raise ApiError(400, "'prompt' must be a string, a non-empty list of token ids, or a non-empty list of those.", "prompt")  # fmt: skip
+        raise ApiError(400, "'prompt' must be a string, a non-empty list of token ids, or a non-empty list of strings and token-id lists.", "prompt")  # fmt: skip
     if len(prompts) > limits.max_n:
         raise ApiError(400, f"At most {limits.max_n} prompts per request.", "prompt")
     return prompts
