@@ -4,20 +4,24 @@ Prints one JSON line: requests/s, tokens/s, p50/p99 time to first token, errors.
     python bench/serve.py --run runs/pile-bpe            # 64 clients, 60 s
     python bench/serve.py                                # first trains the pile-bpe preset for 60 s
 
-Each client loops: POST /v1/completions with stream=true and max_tokens=32, read the events
-to the end, and start again. Target (issue 4): 64 clients, 0 errors, p99 time to first token
-under 2 s on the 2-core machine. Client and server share the machine, as in real loopback use.
+Each client loops: picks a request (by default 70 % streamed completions with max_tokens=32,
+15 % streamed chat completions with max_tokens=32, 15 % scoring: echo of a ~1,000-character
+passage with logprobs=1 and max_tokens=0, as lm-evaluation-harness scores text), reads the
+answer to the end, and starts again. Time to first token counts the streamed requests (the
+first chunk with text); scoring requests report their whole latency. Target (issues 4 and 12):
+64 clients, 0 errors, p99 time to first token under 2 s on the 2-core machine, with scoring
+and chat in the mix. Client and server share the machine, as in real loopback use.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +31,7 @@ from pathlib import Path
 import httpx
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "train.jsonl"
+HELD_OUT = DEFAULT_TEXT.with_name("val.jsonl")
 PROMPTS = ["Once upon a time", "The history of", "In the beginning", "She said that", "The king",
            "It was a dark", "Scientists have found", "The river", "My dear friend", "When the war"]  # fmt: skip
 
@@ -45,48 +50,94 @@ def small_model(seconds: float) -> Path:
     return out
 
 
-async def client(http, url, stop_at, stats, max_tokens):
+def passages(n: int = 20, chars: int = 1000) -> list[str]:
+    """Text to score: the start of held-out documents, or the prompts run together."""
+    if HELD_OUT.is_file():
+        with HELD_OUT.open() as f:
+            docs = [json.loads(line)["text"] for line in itertools.islice(f, n)]
+        return [d[:chars] for d in docs if d.strip()]
+    return [". ".join(random.Random(i).sample(PROMPTS, len(PROMPTS))) for i in range(n)]
+
+
+def request(kind: str, max_tokens: int, texts: list[str]) -> tuple[str, dict]:
+    """(path, body) of one request of `kind`."""
+    if kind == "score":
+        return "/v1/completions", {"prompt": random.choice(texts), "echo": True, "logprobs": 1,
+                                   "max_tokens": 0}  # fmt: skip
+    common = {"max_tokens": max_tokens, "stream": True, "temperature": 0.8}
+    if kind == "chat":
+        return "/v1/chat/completions", {"messages": [{"role": "user",
+                                                      "content": random.choice(PROMPTS)}], **common}  # fmt: skip
+    return "/v1/completions", {"prompt": random.choice(PROMPTS), **common}
+
+
+def has_text(chunk: dict) -> bool:
+    choice = chunk["choices"][0] if chunk.get("choices") else {}
+    return bool(choice.get("text") or choice.get("delta", {}).get("content"))
+
+
+async def read_stream(response, start: float) -> tuple[int, float | None]:
+    """(chunks with text, seconds from `start` to the first of them) of a streamed answer."""
+    tokens, first = 0, None
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        if has_text(json.loads(line[6:])):
+            tokens += 1
+            if first is None:
+                first = time.perf_counter() - start
+    return tokens, first
+
+
+async def client(http, base, stop_at, stats, max_tokens, mix, texts):
+    kinds, weights = zip(*mix.items(), strict=True)
     while time.perf_counter() < stop_at:
-        body = {"prompt": random.choice(PROMPTS), "max_tokens": max_tokens, "stream": True,
-                "temperature": 0.8}  # fmt: skip
-        start = time.perf_counter()
-        first = None
-        tokens = 0
+        kind = random.choices(kinds, weights)[0]
+        path, body = request(kind, max_tokens, texts)
+        start, first = time.perf_counter(), None
         try:
-            async with http.stream("POST", url, json=body) as response:
+            async with http.stream("POST", base + path, json=body) as response:
                 if response.status_code != 200:
                     stats["errors"].append(response.status_code)
                     await response.aread()
                     await asyncio.sleep(0.5)
                     continue
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if chunk["choices"][0]["finish_reason"] is None:
-                        tokens += 1
-                        if first is None:
-                            first = time.perf_counter() - start
+                if kind == "score":
+                    scored = json.loads(await response.aread())["choices"][0]["logprobs"]
+                    tokens = len(scored["tokens"])
+                else:
+                    tokens, first = await read_stream(response, start)
         except Exception as e:  # a dropped connection, a timeout
             stats["errors"].append(type(e).__name__)
             continue
-        stats["requests"] += 1
+        stats["requests"][kind] += 1
+        if kind == "score":
+            stats["scored_tokens"] += tokens
+            stats["score_latency"].append(time.perf_counter() - start)
+            continue
         stats["tokens"] += tokens
         if first is not None:
             stats["ttft"].append(first)
 
 
-async def load(url, clients, seconds, max_tokens):
-    stats = {"requests": 0, "tokens": 0, "ttft": [], "errors": []}
+async def load(base, clients, seconds, max_tokens, mix):
+    stats = {"requests": dict.fromkeys(mix, 0), "tokens": 0, "scored_tokens": 0, "ttft": [],
+             "score_latency": [], "errors": []}  # fmt: skip
+    texts = passages()
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         start = time.perf_counter()
         stop_at = start + seconds
         await asyncio.gather(
-            *(client(http, url, stop_at, stats, max_tokens) for _ in range(clients))
+            *(client(http, base, stop_at, stats, max_tokens, mix, texts) for _ in range(clients))
         )
         elapsed = time.perf_counter() - start
     return stats, elapsed
+
+
+def quantile(values: list[float], q: float):
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
 
 
 def main() -> None:
@@ -96,7 +147,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--train-seconds", type=float, default=60)
+    p.add_argument("--chat", type=float, default=0.15, help="share of chat requests")
+    p.add_argument("--score", type=float, default=0.15, help="share of scoring requests")
     args = p.parse_args()
+    mix = {"completion": 1 - args.chat - args.score, "chat": args.chat, "score": args.score}
     run = args.run or small_model(args.train_seconds)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tinylm.cli", "serve", str(run), "--port", str(port)],
@@ -114,13 +168,11 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         params = httpx.get(base + "/v1/models").json()["data"][0]["parameters"]
-        stats, elapsed = asyncio.run(
-            load(base + "/v1/completions", args.clients, args.seconds, args.max_tokens)
-        )
+        stats, elapsed = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens, mix))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    ttft = sorted(stats["ttft"])
+    requests = sum(stats["requests"].values())
     print(
         json.dumps(
             {
@@ -129,13 +181,16 @@ def main() -> None:
                 "parameters": params,
                 "clients": args.clients,
                 "seconds": round(elapsed, 1),
-                "requests_per_s": round(stats["requests"] / elapsed, 2),
+                "mix": {k: round(v, 2) for k, v in mix.items()},
+                "requests_per_s": round(requests / elapsed, 2),
                 "tokens_per_s": round(stats["tokens"] / elapsed, 1),
-                "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
-                "ttft_p99_s": round(ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))], 3)
-                if ttft
-                else None,
-                "requests": stats["requests"],
+                "scored_tokens_per_s": round(stats["scored_tokens"] / elapsed, 1),
+                "ttft_p50_s": quantile(stats["ttft"], 0.5),
+                "ttft_p99_s": quantile(stats["ttft"], 0.99),
+                "score_latency_p50_s": quantile(stats["score_latency"], 0.5),
+                "score_latency_p99_s": quantile(stats["score_latency"], 0.99),
+                "requests": requests,
+                "requests_by_kind": stats["requests"],
                 "errors": len(stats["errors"]),
                 "error_kinds": sorted(set(map(str, stats["errors"]))),
             }

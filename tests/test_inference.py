@@ -131,6 +131,19 @@ def test_cancelled_job_frees_its_row_at_the_next_step():
     assert engine.room() == 1 and not engine.active
 
 
+@torch.no_grad()
+def test_a_stop_token_comes_with_its_log_probability_and_alternatives():
+    """What a scoring client needs when a job ends at once: the token that ended it."""
+    model = Decoder(CFG, VOCAB).eval()
+    job = new_job([1, 2], 5, temperature=0.0, logprobs=3)
+    job.stop_ids = tuple(range(VOCAB))  # whatever comes first ends the job
+    [end] = list(Engine(model).generate([job]))
+    logp = model(torch.tensor([[1, 2]])).logits[0, -1].log_softmax(-1)
+    assert end.finish == "stop" and end.token is None and end.stop_token == int(logp.argmax())
+    assert end.logprob == pytest.approx(float(logp.max()), abs=1e-5)
+    assert [i for i, _ in end.top] == logp.topk(3).indices.tolist()
+
+
 @pytest.mark.parametrize(
     "kwargs,field",
     [

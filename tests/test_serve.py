@@ -47,7 +47,10 @@ class LiveServer:
 
 
 def slow_down(app, seconds: float) -> None:
-    """Make every model call take a while, so tests can see requests in flight."""
+    """Make every model call take a while, and no answer end early at end-of-text (unseeded,
+    a tiny model samples it within a few tokens now and then), so tests can see requests in
+    flight."""
+    app.state.server.task.stop_ids = ()
     model = app.state.server.loaded.model
     forward = model.forward
 
@@ -127,12 +130,18 @@ def test_word_run_completes_a_prefix(word_server):
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"prompt": "x", "stop": ""}, 400, "stop"),
         ({"prompt": 42}, 400, "prompt"),
-        ({"prompt": [1, 2, 3]}, 400, "prompt"),
+        ({"prompt": [1, "a"]}, 400, "prompt"),
+        ({"prompt": [[]]}, 400, "prompt"),
+        ({"prompt": [1, 10**6]}, 400, "prompt"),  # not in the vocabulary
         ({"prompt": []}, 400, "prompt"),
         ({"prompt": "x", "seed": "abc"}, 400, "seed"),
         ({"prompt": "x", "stream": "yes"}, 400, "stream"),
         ({"prompt": "x", "temperatur": 1}, 400, "temperatur"),
-        ({"prompt": "x", "echo": True}, 400, "echo"),
+        ({"prompt": "x", "echo": 1}, 400, "echo"),
+        ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),
+        ({"prompt": "x", "logprobs": True}, 400, "logprobs"),
+        ({"prompt": "x", "stream_options": {"other": 1}}, 400, "stream_options"),
+        ({"prompt": "x", "stream_options": {"include_usage": 1}}, 400, "include_usage"),
         ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
     ],
 )

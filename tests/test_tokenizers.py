@@ -1,3 +1,5 @@
+import pytest
+
 from conftest import synthetic_documents
 from tinylm.tokenizer import Tokenizer, build_bpe, build_char, build_word
 
@@ -39,11 +41,43 @@ def test_char_tokenizer_round_trip_and_unknown_characters():
         raise AssertionError("an unknown character was accepted")
 
 
-def test_hugging_face_tokenizer_adds_the_start_token(tmp_path):
+@pytest.mark.parametrize("kind", ["bpe", "word"])
+def test_hugging_face_encodes_as_tinylm_and_adds_no_start_token(tmp_path, kind):
+    """GPT-2's convention, which lm-evaluation-harness expects: encoding adds nothing, and
+    `bos_token` names the token a document is read after."""
+    from transformers import AutoTokenizer
+
+    build = build_bpe if kind == "bpe" else build_word
+    tok = build(synthetic_documents(10, 30), vocab_size=300)
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf("Hello world").input_ids == tok.encode("Hello world")
+    assert hf.bos_token_id == tok.bos_id == tok.eos_id
+    if kind == "bpe":
+        assert hf.decode(tok.encode(TEXT)) == TEXT
+
+
+def test_a_special_token_typed_as_text_is_text(tmp_path):
     from transformers import AutoTokenizer
 
     tok = build_bpe(synthetic_documents(10, 30), vocab_size=300)
+    text = "one<|endoftext|>two"
+    ids = tok.encode(text)
+    assert tok.eos_id not in ids and tok.decode(ids) == text
+    assert tok.encode_batch([text]) == [ids]
     tok.save(tmp_path)
-    hf = AutoTokenizer.from_pretrained(tmp_path)
-    assert hf("Hello world").input_ids == [tok.bos_id, *tok.encode("Hello world")]
-    assert hf.decode(tok.encode(TEXT)) == TEXT
+    assert Tokenizer.load(tmp_path, "bpe").encode(text) == ids
+    assert AutoTokenizer.from_pretrained(tmp_path)(text).input_ids == ids
+    assert tok.encode_template("<|endoftext|>") == [tok.eos_id]  # a chat template's own
+    assert tok.token_text(tok.eos_id) == "<|endoftext|>"
+
+
+def test_the_character_tokenizer_still_starts_words_with_sos(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_char(["apple", "banana", "zebra"])
+    tok.save(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("zebra").input_ids == [
+        tok.bos_id,
+        *tok.encode("zebra"),
+    ]

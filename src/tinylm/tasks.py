@@ -28,11 +28,14 @@ class Prompt:
     text: str
     ids: list[int]
     encoder: list[int] | None = None
+    start: bool = True  # ids begin with the start token tinylm put there (not the user's)
 
     @property
     def tokens(self) -> int:
         """Prompt tokens as a user counts them (without the start token)."""
-        return len(self.encoder or self.ids) - (2 if self.encoder else 1)
+        if self.encoder:
+            return len(self.encoder) - 2
+        return len(self.ids) - (1 if self.start else 0)
 
 
 class Task:
@@ -74,6 +77,15 @@ class TextTask(Task):
         its last tokens: see the engine's window policy)."""
         self.tokenizer.check_chars(text)
         return Prompt(text, [self.tokenizer.bos_id, *self.tokenizer.encode(text)])
+
+    def prompt_ids(self, ids: list[int]) -> Prompt:
+        """A prompt given as token ids: the model reads exactly these (no start token added;
+        a client that wants one puts `bos_token`'s id first, as lm-evaluation-harness does)."""
+        vocab = self.tokenizer.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise UserError(f"Token id {bad[0]} is not in this model's vocabulary (0 to {vocab - 1}).")  # fmt: skip
+        return Prompt(self.tokenizer.decode(ids), list(ids), start=False)
 
     @property
     def banned(self) -> tuple[int, ...]:

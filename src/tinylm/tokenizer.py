@@ -1,10 +1,18 @@
 """Character, word-level and byte-level BPE tokenizers, all built on the `tokenizers` library.
 
 Each is saved in the Hugging Face format (tokenizer.json + tokenizer_config.json) so that
-`AutoTokenizer.from_pretrained(run_dir)` works. The post-processor prepends the start token
-(`<sos>` for characters, the end-of-text token for text, as GPT-2 does), so a Hugging Face
-user who tokenizes a prompt gets exactly the model input tinylm uses. tinylm itself encodes
-without special tokens and places them where it needs them.
+`AutoTokenizer.from_pretrained(run_dir)` works.
+
+The start token. A text model reads every document after its start token (the end-of-text
+token, which is also `bos_token`), and tinylm places it by id. Encoding text adds no special
+token, as GPT-2's tokenizer does: that is the convention lm-evaluation-harness expects (it puts
+`bos_token` before a document itself; a tokenizer that added one too would score an extra
+end-of-text per document). A character tokenizer (the word completers) still prepends `<sos>`
+for Hugging Face users, since every word the model reads starts with it.
+
+Special tokens typed as text are text: `<|endoftext|>` in a prompt or a document encodes as
+the characters it is made of (`encode_special_tokens`, and `split_special_tokens` for
+Hugging Face), so only tinylm, by id, ever places a special token.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ class Tokenizer:
     def __init__(self, tok: HFTokenizer, kind: str):
         if kind not in SPECIALS:
             raise UserError(f"Unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}.")
+        tok.encode_special_tokens = True  # a literal "<|endoftext|>" is text
         self.tok, self.kind = tok, kind
+        self._with_specials: HFTokenizer | None = None
         ids = {name: (tok.token_to_id(t) if t else None) for name, t in SPECIALS[kind].items()}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (
             ids["pad"],
@@ -52,8 +62,23 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_template(self, text: str) -> list[int]:
+        """Text written by a chat template, whose special-token strings are special tokens
+        (as transformers' apply_chat_template reads them); never use it for user text."""
+        if self._with_specials is None:
+            self._with_specials = HFTokenizer.from_str(self.tok.to_str())
+            self._with_specials.encode_special_tokens = False
+        return self._with_specials.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_text(self, i: int) -> str:
+        """One token on its own, as text (special tokens by name)."""
+        return self.tok.decode([i], skip_special_tokens=False)
+
+    def special_tokens(self) -> list[str]:
+        return [t.content for t in self.tok.get_added_tokens_decoder().values() if t.special]
 
     def id_to_token(self, i: int) -> str:
         return self.tok.id_to_token(i)
@@ -78,6 +103,7 @@ class Tokenizer:
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": False,
+            "split_special_tokens": True,  # as tinylm encodes: see the module docstring
         }
         for name in ("bos", "eos", "pad", "unk"):
             if names[name]:
@@ -126,8 +152,7 @@ def build_word(texts: Iterable[str], vocab_size: int = 10_000, length: int | Non
         vocab_size=vocab_size, special_tokens=["<UNK>", "<EOS>"], show_progress=False
     )
     tok.train_from_iterator(texts, trainer, length=length)
-    _start_with(tok, "<EOS>")
-    return Tokenizer(tok, "word")
+    return Tokenizer(tok, "word")  # no start token added: see the module docstring
 
 
 def build_bpe(texts: Iterable[str], vocab_size: int = 4096, length: int | None = None):
@@ -143,5 +168,4 @@ def build_bpe(texts: Iterable[str], vocab_size: int = 4096, length: int | None =
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer, length=length)
-    _start_with(tok, "<|endoftext|>")
-    return Tokenizer(tok, "bpe")
+    return Tokenizer(tok, "bpe")  # no start token added: see the module docstring

@@ -57,6 +57,7 @@ class Step:
     top: list[tuple[int, float]] | None = None  # the likeliest tokens and their log-probs
     finish: str | None = None  # stop | length | error | cancelled
     error: str | None = None
+    stop_token: int | None = None  # finish "stop": the stop token sampled (logprob, top: its)
 
 
 class Engine:
@@ -100,7 +101,9 @@ class Engine:
                 events.append(self._end(job, "error", _describe(e)))
                 continue
             if step.token in job.stop_ids:
-                events.append(self._end(job, "stop", logprob=step.logprob))
+                end = self._end(job, "stop", logprob=step.logprob)
+                end.top, end.stop_token = step.top, step.token
+                events.append(end)
                 continue
             job.history.append(step.token)
             job.produced += 1

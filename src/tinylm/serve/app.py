@@ -4,11 +4,15 @@
                               as you type for a word completer)
     GET  /health              {"status": "ok", "active": n, "waiting": m}; 503 if the engine died
     GET  /v1/models           the one model this server holds (and /v1/models/{id})
-    POST /v1/completions      OpenAI's completions; see protocol.py and the README
+    POST /v1/completions      OpenAI's completions (echo, logprobs, token-id prompts too)
+    POST /v1/chat/completions OpenAI's chat completions over a transcript (chat.py)
 
-The request shapes live in protocol.py, the checks on who may call in guard.py; generation
-runs in one worker thread (worker.py) over the one engine every command uses. Built on
-Starlette + uvicorn (bench/frameworks.py has the measurement behind that choice).
+The request shapes live in protocol.py and chat.py, the checks on who may call in guard.py,
+the log-probabilities in scoring.py, the making of answers from events in answers.py;
+generation runs in one worker thread (worker.py) over the one engine every command uses, and
+prompt scoring (echo) in a thread of its own through inference/scoring.py, the path `tinylm
+eval` takes. Built on Starlette + uvicorn (bench/frameworks.py has the measurement behind
+that choice).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from tinylm.errors import UserError
-from tinylm.inference import Engine, load
+from tinylm.inference import Engine, Step, load
 from tinylm.inference.search import likeliest_words
 from tinylm.models import param_breakdown
 from tinylm.serve import protocol as api
+from tinylm.serve.answers import Answers
+from tinylm.serve.chat import Chat, ChatShape, parse_chat
 from tinylm.serve.guard import Guard, check_key
+from tinylm.serve.scoring import Names, Pieces, echo_prompts
 from tinylm.serve.worker import QueueFull, Worker
 
 
@@ -44,52 +51,78 @@ class Server:
         self.created = int(time.time())
         self.worker = Worker(Engine(self.loaded.model, limits.max_active), limits.max_queue)
         self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
+        self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
+        self.text = not self.task.words  # a text generator (echo, logprobs and chat are its)
+        self.names = Names(self.loaded.tokenizer)
+        self.chat = Chat(self.loaded.run.path, self.task) if self.text else None
 
     async def completions(self, request: Request) -> Response:
         try:
             check_key(request, self.api_key)
             body = api.parse_json(await read_body(request, self.limits.max_body))
             req = api.parse_completion(body, self.name, self.limits)
-            try:
-                prompts = [self.task.prompt(p) for p in req.prompts]
-            except UserError as e:
-                raise api.ApiError(400, str(e), "prompt") from None
+            if not self.text and (req.echo or req.logprobs is not None):
+                raise api.ApiError(400, f"'{'echo' if req.echo else 'logprobs'}' is served for text models; this run is a {self.task.kind}.",
+                                   "echo" if req.echo else "logprobs")  # fmt: skip
+            prompts = [read_prompt(self.task, p) for p in req.prompts]
             if self.task.words and req.sampling.greedy:
                 return await self.suggest(req, prompts)
-            return await self.generate(request, req, prompts)
+            echoes = await echo_prompts(self.loaded, prompts, req, self.scoring)
+            shape = api.CompletionShape(self.name, req, self.names, echoes)
+            return await self.generate(request, req, prompts, shape)
         except api.ApiError as e:
             return e.response()
 
-    async def generate(self, request: Request, req: api.CompletionRequest, prompts) -> Response:
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            check_key(request, self.api_key)
+            body = api.parse_json(await read_body(request, self.limits.max_body))
+            req = parse_chat(body, self.name, self.limits)
+            if not self.text:
+                raise api.ApiError(400, f"Chat is served for text models; this run is a {self.task.kind} (send a prefix to /v1/completions).", "messages")  # fmt: skip
+            prompt = self.chat.prompt(req.messages)
+            req.stop = [*req.stop, *self.chat.stops]
+            shape = ChatShape(self.name, req, self.names, Pieces(self.loaded.tokenizer),
+                              self.task.stop_ids)  # fmt: skip
+            return await self.generate(request, req, [prompt], shape)
+        except api.ApiError as e:
+            return e.response()
+
+    async def generate(self, request: Request, req: api.Request, prompts, shape) -> Response:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         default = min(self.task.default_max_tokens, self.limits.max_tokens)
+        limit = default if req.max_tokens is None else req.max_tokens
         jobs = []
         for prompt in prompts:
             for _ in range(req.n):
                 seed = None if req.seed is None else req.seed + len(jobs)
-                job = self.loaded.job(prompt, req.sampling, max_tokens=req.max_tokens or default,
-                                      seed=seed)  # fmt: skip
+                job = self.loaded.job(prompt, req.sampling, max_tokens=limit, seed=seed,
+                                      logprobs=req.logprobs)  # fmt: skip
                 job.emit = tell(loop, events, len(jobs))
                 jobs.append(job)
-        try:
-            self.worker.submit(jobs)
-        except QueueFull:
-            raise api.busy() from None
-        meta = api.completion_meta(self.name)
-        answers = Answers(self.task, jobs, req.stop)
+        if limit == 0:  # echo only: nothing for the engine to do
+            for i, job in enumerate(jobs):
+                events.put_nowait((i, Step(job, finish="length")))
+        else:
+            try:
+                self.worker.submit(jobs)
+            except QueueFull:
+                raise api.busy() from None
+        answers = Answers(self.task, jobs, req.stop, logprobs=req.logprobs is not None,
+                          lstrip=shape.lstrip)  # fmt: skip
         prompt_tokens = sum(p.tokens for p in prompts) * req.n
         if req.stream:
+            usage = (lambda: api.usage(prompt_tokens, answers.tokens)) if req.include_usage else None  # fmt: skip
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(answers.events(events, meta), headers=headers,
+            return StreamingResponse(answers.stream(events, shape, usage), headers=headers,
                                      media_type="text/event-stream")  # fmt: skip
         watcher = asyncio.create_task(cancel_on_disconnect(request, jobs))
         try:
-            choices = await answers.collect(events)
+            results = await answers.collect(events)
         finally:
             watcher.cancel()
-        return JSONResponse({**meta, "choices": choices,
-                             "usage": api.usage(prompt_tokens, answers.tokens)})  # fmt: skip
+        return JSONResponse(shape.body(results, api.usage(prompt_tokens, answers.tokens)))
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
@@ -134,6 +167,7 @@ class Server:
             "parameters": self.parameters,
             "kind": self.task.kind,
             "context_length": self.loaded.cfg.model.context_length,
+            "max_model_len": self.loaded.cfg.model.context_length,  # vLLM's name for it
             "max_tokens_limit": self.limits.max_tokens,
         }
 
@@ -147,65 +181,16 @@ class Server:
         return HTMLResponse(page)
 
 
-class Answers:
-    """Turns the engine's events for one request's jobs into choices: text through the task's
-    reader and the stop strings, a finish reason, and the tokens counted."""
-
-    def __init__(self, task, jobs, stops):
-        self.readers = [task.reader() for _ in jobs]
-        self.filters = [api.StopFilter(stops) for _ in jobs]
-        self.jobs, self.tokens = jobs, 0
-
-    def take(self, index: int, step) -> tuple[str, str | None, dict]:
-        """(new text, finish reason or None, extra fields) for one event."""
-        stop = self.filters[index]
-        if step.token is None:
-            extra = {"error": step.error} if step.error else {}
-            return stop.flush(), step.finish, extra
-        self.tokens += 1
-        text = stop.push(self.readers[index].add(step.token))
-        if stop.stopped:
-            self.jobs[index].cancelled.set()  # a stop string: the engine can let it go
-            return text, "stop", {}
-        return text, None, {}
-
-    async def collect(self, events: asyncio.Queue) -> list[dict]:
-        texts, done = [""] * len(self.jobs), {}
-        while len(done) < len(self.jobs):
-            index, step = await events.get()
-            if index in done:
-                continue
-            text, finish, extra = self.take(index, step)
-            texts[index] += text
-            if finish is not None:
-                done[index] = (finish, extra)
-        choices = []
-        for i, text in enumerate(texts):
-            finish, extra = done[i]
-            choices.append(api.choice(i, text, finish, **extra))
-        return choices
-
-    async def events(self, events: asyncio.Queue, meta: dict):
-        """Server-sent events, one chunk per piece of text, then `data: [DONE]`; a job that
-        fails sends an error event and a last chunk with finish_reason "error"."""
-        done = set()
-        try:
-            while len(done) < len(self.jobs):
-                index, step = await events.get()
-                if index in done:
-                    continue
-                text, finish, extra = self.take(index, step)
-                if finish is not None:
-                    done.add(index)
-                if extra.get("error"):
-                    yield api.sse({"error": {"message": extra["error"], "type": "server_error",
-                                             "param": None, "code": None}})  # fmt: skip
-                if text or finish is not None:
-                    yield api.sse({**meta, "choices": [api.choice(index, text, finish)]})
-            yield api.sse("[DONE]")
-        finally:  # the client went away (or all is done): free the rows now
-            for job in self.jobs:
-                job.cancelled.set()
+def read_prompt(task, given):
+    """A prompt as text (the task adds the start token) or as token ids (read as given)."""
+    try:
+        if isinstance(given, str):
+            return task.prompt(given)
+        if task.words:
+            raise UserError(f"Token-id prompts are served for text models; this run is a {task.kind}.")  # fmt: skip
+        return task.prompt_ids(given)
+    except UserError as e:
+        raise api.ApiError(400, str(e), "prompt") from None
 
 
 def tell(loop, events: asyncio.Queue, index: int):
@@ -263,6 +248,7 @@ def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | 
             Route("/v1/models", server.models, methods=["GET"]),
             Route("/v1/models/{model:path}", server.model, methods=["GET"]),
             Route("/v1/completions", server.completions, methods=["POST"]),
+            Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
         lifespan=lifespan,

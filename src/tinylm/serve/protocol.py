@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from tinylm.inference import Sampling, SamplingError
 from tinylm.inference.sampling import make_generator
+from tinylm.serve.scoring import completion_logprobs
 
 
 class ApiError(Exception):
@@ -46,29 +47,38 @@ class Limits:
     max_queue: int = 256
 
 
-@dataclass
-class CompletionRequest:
-    prompts: list[str]
-    max_tokens: int | None  # None: the task's default
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI allows 5 on completions, 20 on chat)
+
+
+@dataclass(kw_only=True)
+class Request:
+    """What completions and chat requests share: how much to generate, and how."""
+
+    max_tokens: int | None  # None: the task's default; 0: nothing (echo only)
     sampling: Sampling
     stop: list[str]
     n: int
     seed: int | None
     stream: bool
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with usage
+    logprobs: int | None = None  # None: none; k: each token's, and its k likeliest others
+
+
+@dataclass(kw_only=True)
+class CompletionRequest(Request):
+    prompts: list[str | list[int]]  # text, or token ids read as given
+    echo: bool = False  # the prompt comes back first (with its log-probabilities)
 
 
 KNOWN_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "n",
-                "seed", "stream"}  # fmt: skip
+                "seed", "stream", "stream_options", "echo", "logprobs"}  # fmt: skip
 IGNORED_FIELDS = {  # accepted for compatibility when they ask for nothing we would change
     "user": None,
-    "logprobs": (None, 0),
-    "echo": (None, False),
     "suffix": (None, ""),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
-    "stream_options": None,
 }
 
 
@@ -79,25 +89,46 @@ def parse_completion(body, model_name: str, limits: Limits) -> CompletionRequest
     check_fields(body, KNOWN_FIELDS, IGNORED_FIELDS)
     check_model(body, model_name)
     prompts = parse_prompts(body.get("prompt", ""), limits)
+    echo = flag(body, "echo")
+    common = parse_common(body, limits, len(prompts), body.get("max_tokens"))
+    if common["max_tokens"] == 0 and not echo:
+        raise ApiError(400, "'max_tokens' may be 0 only with 'echo': true (to score the prompt).",
+                       "max_tokens")  # fmt: skip
+    logprobs = integer(body, "logprobs", None, 0, MAX_LOGPROBS)
+    return CompletionRequest(prompts=prompts, echo=echo, logprobs=logprobs, **common)
+
+
+def parse_common(body: dict, limits: Limits, n_prompts: int, max_tokens) -> dict:
+    """The fields every generating request has (`max_tokens` given by the caller, since chat
+    has two names for it)."""
     n = integer(body, "n", 1, 1, limits.max_n)
-    if n * len(prompts) > limits.max_n:
+    if n * n_prompts > limits.max_n:
         raise ApiError(400, f"n times the number of prompts must be at most {limits.max_n}.", "n")
-    max_tokens = integer(body, "max_tokens", None, 1, 10**9)
+    max_tokens = integer({"max_tokens": max_tokens}, "max_tokens", None, 0, 10**9)
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise ApiError(
             400,
             f"'max_tokens' is {max_tokens}; this server allows at most {limits.max_tokens}.",
             "max_tokens",
         )
-    return CompletionRequest(
-        prompts=prompts,
-        max_tokens=max_tokens,
-        sampling=parse_sampling(body),
-        stop=parse_stop(body.get("stop")),
-        n=n,
-        seed=parse_seed(body.get("seed")),
-        stream=flag(body, "stream"),
-    )
+    return {
+        "max_tokens": max_tokens,
+        "sampling": parse_sampling(body),
+        "stop": parse_stop(body.get("stop")),
+        "n": n,
+        "seed": parse_seed(body.get("seed")),
+        "stream": flag(body, "stream"),
+        "include_usage": parse_stream_options(body.get("stream_options")),
+    }
+
+
+def parse_stream_options(options) -> bool:
+    if options is None:
+        return False
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise ApiError(400, "'stream_options' may only hold 'include_usage' (true or false).",
+                       "stream_options")  # fmt: skip
+    return flag(options, "include_usage")
 
 
 def check_fields(body: dict, known: set, ignored: dict) -> None:
@@ -117,16 +148,22 @@ def check_model(body: dict, model_name: str) -> None:
                        "model", "not_found_error")  # fmt: skip
 
 
-def parse_prompts(prompt, limits: Limits) -> list[str]:
-    if isinstance(prompt, str):
+def parse_prompts(prompt, limits: Limits) -> list[str | list[int]]:
+    """A string, a list of token ids, or a list of either: one or more prompts."""
+    if isinstance(prompt, str) or token_ids(prompt):
         prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or token_ids(p) for p in prompt):  # fmt: skip
         prompts = prompt
     else:
-        raise ApiError(400, "'prompt' must be a string or a non-empty list of strings.", "prompt")
+        raise ApiError(400, "'prompt' must be a string, a non-empty list of token ids, or a non-empty list of strings and token-id lists.", "prompt")  # fmt: skip
     if len(prompts) > limits.max_n:
         raise ApiError(400, f"At most {limits.max_n} prompts per request.", "prompt")
     return prompts
+
+
+def token_ids(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in value))  # fmt: skip
 
 
 def parse_stop(stop) -> list[str]:
@@ -231,9 +268,9 @@ def completion_meta(model_name: str) -> dict:
     }
 
 
-def choice(index: int, text: str, finish: str | None, **extra) -> dict:
+def choice(index: int, text: str, finish: str | None, logprobs=None, **extra) -> dict:
     """One choice; extra fields (an error message, a word's probability) go beside it."""
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish, **extra}
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -247,3 +284,53 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 def sse(data) -> str:
     """One server-sent event."""
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class CompletionShape:
+    """OpenAI's completions bodies and chunks for one request. With `echo`, each choice begins
+    with its prompt (`echoes`, one per choice): in the body, before the text; streamed, as
+    each choice's first chunk. Text offsets count from the start of the choice's text."""
+
+    lstrip = False
+
+    def __init__(self, model_name: str, req: CompletionRequest, names, echoes=None):
+        self.meta, self.names, self.echoes = completion_meta(model_name), names, echoes
+        self.logprobs, self.include_usage = req.logprobs is not None, req.include_usage
+
+    def _echo(self, index: int):
+        return self.echoes[index] if self.echoes else None
+
+    def _logprobs(self, index: int, entries, with_echo: bool = False):
+        if not self.logprobs:
+            return None
+        echo = self._echo(index)
+        shift = len(echo.text) if echo else 0
+        out = completion_logprobs(self.names, entries, shift)
+        if with_echo and echo:
+            first = completion_logprobs(self.names, echo.entries)
+            out = {k: first[k] + out[k] for k in out}
+        return out
+
+    def body(self, results, usage_: dict) -> dict:
+        choices = []
+        for i, r in enumerate(results):
+            echo = self._echo(i)
+            text = (echo.text if echo else "") + r.text
+            choices.append(choice(i, text, r.finish, self._logprobs(i, r.entries, True), **r.extra))
+        return {**self.meta, "choices": choices, "usage": usage_}
+
+    def _chunk(self, choice_: dict) -> dict:
+        return {**self.meta, "choices": [choice_], **({"usage": None} if self.include_usage else {})}  # fmt: skip
+
+    def opening(self, n: int) -> list[dict]:
+        if not self.echoes:
+            return []
+        return [self._chunk(choice(i, self.echoes[i].text, None, completion_logprobs(
+                    self.names, self.echoes[i].entries) if self.logprobs else None))
+                for i in range(n)]  # fmt: skip
+
+    def chunk(self, index: int, r) -> dict:
+        return self._chunk(choice(index, r.text, r.finish, self._logprobs(index, r.entries)))
+
+    def usage_chunk(self, usage_: dict) -> dict:
+        return {**self.meta, "choices": [], "usage": usage_}
