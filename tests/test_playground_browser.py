@@ -89,3 +89,24 @@ def test_the_page_asks_for_the_api_key_and_then_works(text_runs):
             assert page.text_content("#status") == ""
         finally:
             browser.close()
+
+
+def test_each_generated_token_shows_its_probability_and_alternatives(text_runs):
+    with LiveServer(create_app(text_runs["pile-bpe"].path)) as server, playwright.sync_playwright() as p:  # fmt: skip
+        browser, page = open_page(p, server.url)
+        try:
+            page.wait_for_function("document.getElementById('model').textContent.includes('text generator')")  # fmt: skip
+            page.fill("#prompt", "Once upon a")
+            page.click("#run")
+            page.wait_for_function("document.getElementById('answer').dataset.finish !== undefined",
+                                   timeout=30_000)  # fmt: skip
+            spans = page.query_selector_all("#answer .tok")
+            assert spans
+            probs = [float(s.get_attribute("data-probability")) for s in spans]
+            assert all(0 < q <= 1 for q in probs)
+            spans[0].click()
+            rows = page.query_selector_all("#token-info tr")
+            assert len(rows) == 5 and "%" in page.text_content("#token-info")
+            assert page.text_content("#output").startswith("Once upon a")
+        finally:
+            browser.close()
