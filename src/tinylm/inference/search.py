@@ -54,33 +54,39 @@ def likeliest_words(
     letters_left = (max_letters or task.max_len) - len(prefix)
     too_short = task.cfg.data.min_len - len(prefix)  # no word of the data is shorter
     eos = task.tokenizer.eos_id
-    allowed = [i for i in range(task.tokenizer.vocab_size) if i not in task.banned]
+    letters = [i for i in range(task.tokenizer.vocab_size) if i not in task.banned and i != eos]
     next_logp = _scorer(model, prompt)
-    frontier: list[tuple[float, tuple[int, ...], bool]] = [(0.0, (), False)]  # (-log p, ids, done)
+    open_: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]  # (-log p, ids) still growing
+    done: list[tuple[float, tuple[int, ...]]] = []  # finished words, not yet given out
     found, expanded = [], 0
-    while frontier and len(found) < k and expanded < max_expansions:
-        if frontier[0][2]:
-            cost, ids, _ = heapq.heappop(frontier)
+    while len(found) < k:
+        # A finished word no open continuation can beat is the next likeliest.
+        while done and len(found) < k and (not open_ or done[0][0] <= open_[0][0]):
+            cost, ids = heapq.heappop(done)
             found.append(
                 Suggestion(prefix + task.tokenizer.decode(ids), math.exp(-cost), list(ids))
             )
-            continue
+        if len(found) == k or not open_ or expanded >= max_expansions:
+            break
+        # Expand a batch of the best open continuations, none worse than the finished word
+        # that would complete the list (it could never enter it).
+        need = k - len(found)
+        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
         nodes = []
-        while frontier and len(nodes) < batch and not frontier[0][2]:
-            nodes.append(heapq.heappop(frontier))
+        while open_ and len(nodes) < batch and open_[0][0] <= bound:
+            nodes.append(heapq.heappop(open_))
+        if not nodes:
+            open_ = []  # nothing left that could matter
+            continue
         expanded += len(nodes)
-        logp = next_logp([list(ids) for _, ids, _ in nodes])
-        for (cost, ids, _), row in zip(nodes, logp.tolist(), strict=True):
+        logp = next_logp([list(ids) for _, ids in nodes])
+        for (cost, ids), row in zip(nodes, logp.tolist(), strict=True):
             if len(ids) >= too_short:
-                heapq.heappush(frontier, (cost - row[eos], ids, True))
+                heapq.heappush(done, (cost - row[eos], ids))
             if len(ids) < letters_left:
-                for i in allowed:
-                    if i != eos:
-                        heapq.heappush(frontier, (cost - row[i], (*ids, i), False))
-    while frontier and frontier[0][2] and len(found) < k:  # finished words already at the top
-        cost, ids, _ = heapq.heappop(frontier)
-        found.append(Suggestion(prefix + task.tokenizer.decode(ids), math.exp(-cost), list(ids)))
-    return Suggestions(prefix, found, exact=len(found) == k or not frontier)
+                for i in letters:
+                    heapq.heappush(open_, (cost - row[i], (*ids, i)))
+    return Suggestions(prefix, found, exact=len(found) == k or not open_)
 
 
 def _scorer(model, prompt: Prompt):
