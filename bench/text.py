@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm import rundata
+from tinylm import training_data
 from tinylm.config import apply_overrides, load_preset
 from tinylm.data.text import load_corpus
 from tinylm.evaluate import evaluate_text
@@ -70,8 +70,8 @@ def main() -> None:
     cfg = run.config()
     model, tokenizer = run.load_model(cfg), run.tokenizer(cfg)
     held_out = load_corpus(str(args.data / "val.jsonl")).documents
-    corpus, split = rundata.text_split(run, cfg)
-    counts = rundata.train_token_counts(cfg, corpus, split, tokenizer)
+    corpus, split = training_data.text_split(run, cfg)
+    counts = training_data.train_token_counts(cfg, corpus, split, tokenizer)
     result = evaluate_text(model, tokenizer, held_out, context=cfg.model.context_length,
                            unigram_counts=counts)  # fmt: skip
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -129,9 +128,6 @@ class Run:
         if not run.config_path.is_file():
             raise UserError(f"{run.path} is not a tinylm run directory (it has no tinylm.yaml).")
         return run
-
-    def exists(self) -> bool:
-        return self.config_path.is_file()
 
     # --- config and tokenizer
     def save_config(self, cfg: RunConfig) -> None:
@@ -270,10 +266,6 @@ class Run:
     def read_json(self, name: str):
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
-
-    def copy_tokenizer_from(self, other: Run) -> None:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copyfile(other.path / name, self.path / name)
 
 
 def _first_line(e: Exception) -> str:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tinylm import distributed as dist
-from tinylm import rundata
+from tinylm import training_data
 from tinylm.config import RunConfig, TrainConfig
 from tinylm.data.batching import IGNORE
 from tinylm.device import autocast, autocast_dtype, compile_unavailable, pick_device
@@ -339,14 +339,14 @@ def train_run(
             if resume:
                 run = Run.open(out)
                 run.save_config(cfg)  # the budget may have changed
-                data = rundata.reload(run, cfg)
+                data = training_data.reload(run, cfg)
             else:
-                run, data = rundata.new_run(cfg, out, tokenizer)
+                run, data = training_data.new_run(cfg, out, tokenizer)
     with dist.errors_together(env):
         if not env.is_main:
             run = Run.open(out)
             cfg = run.config()
-            data = rundata.reload(run, cfg)
+            data = training_data.reload(run, cfg)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
     model = build_model(cfg.model, data.tokenizer)
     if source_model is not None:

@@ -35,10 +35,6 @@ class WordBatches:
         )
         self._plan_epoch, self._plan = -1, []
 
-    @property
-    def n_words(self) -> int:
-        return sum(len(rows) for rows in self.buckets.values())
-
     def _epoch_plan(self, epoch: int) -> list[torch.Tensor]:
         if epoch != self._plan_epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
