@@ -152,3 +152,37 @@ def test_console_script_exit_code(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+BAD_SETTINGS = [
+    (["train.lr=-1"], "train.lr"),
+    (["train.lr=nan"], "train.lr"),
+    (["train.lr=inf"], "train.lr"),
+    (["train.lr=fast"], "train.lr"),
+    (["train.eval_every=0"], "train.eval_every"),
+    (["train.batch_tokens=0"], "train.batch_tokens"),
+    (["train.warmup_steps=-5"], "train.warmup_steps"),
+    (["train.cooldown=1.5"], "train.cooldown"),
+    (["train.beta2=1.5"], "train.beta2"),
+    (["train.nosuch=1"], "train.nosuch"),
+    (["model.d_model=0"], "model.d_model"),
+    (["model.d_model=12.5"], "model.d_model"),
+    (["model.n_heads=7"], "model.n_heads"),
+    (["model.dropout=1.0"], "model.dropout"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["data.min_len=10", "data.max_len=5"], "data.min_len"),
+    (["tokenizer.vocab_size=-3"], "tokenizer.vocab_size"),
+    (["train.precision=fp64"], "train.precision"),
+]
+
+
+@pytest.mark.parametrize("overrides,name", BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])
+def test_every_setting_is_checked_before_work_starts(
+    tmp_path, monkeypatch, words_file, capsys, overrides, name
+):
+    monkeypatch.chdir(tmp_path)  # the default run directory would be runs/words here
+    code, _, err = run_cli(capsys, "train", "--data", words_file, *overrides)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert name in err and ("must" in err or "has " in err), err  # the field, what is allowed
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing at all
