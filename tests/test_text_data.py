@@ -166,3 +166,14 @@ def test_empty_corpus(tmp_path):
     cfg = tiny_config("pile-bpe", data=path, steps=2, extra=TINY_TEXT_MODEL)
     with pytest.raises(UserError, match="no text"):
         train_run(cfg, tmp_path / "r", show_progress=False)
+
+
+def test_jsonl_is_split_on_newlines_only(tmp_path):
+    # U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string; str.splitlines()
+    # would cut the line there and lose the document.
+    docs = ["one\u2028line separator", "para\u2029graph", "next\x85line", "plain\r\nwindows"]
+    path = tmp_path / "c.jsonl"
+    rows = [json.dumps({"text": d}, ensure_ascii=False) for d in docs]
+    path.write_text("\r\n".join(rows[:2]) + "\r\n" + "\n".join(rows[2:]) + "\n", newline="")
+    assert "\u2028" in path.read_text()  # written raw, not escaped
+    assert load_corpus(str(path)).documents == docs
