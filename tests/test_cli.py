@@ -186,3 +186,17 @@ def test_every_setting_is_checked_before_work_starts(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert name in err and ("must" in err or "has " in err), err  # the field, what is allowed
     assert list(tmp_path.iterdir()) == []  # no run directory, nothing at all
+
+
+def test_text_batches_that_cannot_divide_exactly_are_refused(tmp_path, text_file, capsys):
+    from conftest import TINY_TEXT_MODEL
+
+    out = tmp_path / "run"
+    base = ["train", "pile-bpe", "--data", text_file, "--out", out, *TINY_MODEL, *TINY_TEXT_MODEL]
+    for bad, phrase in (
+        ("train.batch_tokens=500", "multiple of model.context_length (32)"),
+        ("train.micro_batch_tokens=48", "divides the 512 tokens"),
+    ):
+        code, _, err = run_cli(capsys, *base, bad)
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -86,4 +86,5 @@ def test_every_number_and_choice_has_its_rule_beside_it():
 def test_every_preset_passes_its_own_checks():
     for name in preset_names():
         cfg = load_preset(name)
+        assert cfg.batch_split(1)[0] == cfg.train.batch_tokens
         cfg.check()

@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
+from tinylm import checkpoints
 from tinylm import runs as runs_module
+from tinylm.errors import UserError
 from tinylm.evaluate import evaluate_run, ngram_baselines
 from tinylm.generate import complete, make_generator
 from tinylm.runs import Run
@@ -94,6 +96,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monk
         raise OSError("disk vanished")
 
     monkeypatch.setattr(runs_module, "save_file", crash_mid_write)
+    monkeypatch.setattr(checkpoints, "save_file", crash_mid_write)
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(OSError):
         tiny_run.save_checkpoint(model, optimizer, {"state": {}})
@@ -152,3 +155,86 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     assert any(o.finished for o in outs)
     greedy = complete(model, run.tokenizer(), "tra", num=1, temperature=0)[0]
     assert greedy.word.startswith("tra") and len(greedy.word) <= 15
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["decoder", "seq2seq"])
+def test_accumulated_gradients_equal_the_whole_batchs(words_file, arch):
+    """fp32: a batch cut into micro-batches gives the gradient of the batch in one pass, also
+    when micro-batches hold different numbers of targets (seq2seq pads its targets)."""
+    from tinylm.config import ModelConfig
+    from tinylm.data.batching import WordBatches
+    from tinylm.models import build_model
+    from tinylm.tokenizer import build_char
+    from tinylm.train import forward_backward
+
+    words = words_file.read_text().split()
+    tok = build_char(words)
+    cfg = ModelConfig(arch=arch, d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok)
+    model.eval()  # no dropout: the two ways must see the same function
+    batch = WordBatches(words, tok, 600, seed=0, arch=arch).batch(3)
+    rows = len(batch["targets"])
+    assert rows >= 8
+    cpu = torch.device("cpu")
+    whole_loss, n = forward_backward(None, model, batch, 10**6, cpu, None)
+    whole = gradients(model)
+    model.zero_grad(set_to_none=True)
+    width = batch["targets"].shape[1]
+    parts_loss, m = forward_backward(None, model, batch, 3 * width, cpu, None)  # 3 rows a pass
+    parts = gradients(model)
+    assert n == m == int((batch["targets"] != -100).sum())
+    assert abs(float(whole_loss) - float(parts_loss)) <= 1e-6
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert (whole[name] - parts[name]).abs().max() <= 1e-6, name
+
+
+def test_ddp_averages_once_per_step_on_the_last_micro_batch():
+    from contextlib import contextmanager
+
+    from tinylm.train import forward_backward
+
+    class FakeDDP(torch.nn.Module):  # records which passes run outside no_sync
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.in_no_sync, self.passes = False, []
+
+        @contextmanager
+        def no_sync(self):
+            self.in_no_sync = True
+            yield
+            self.in_no_sync = False
+
+        def forward(self, input_ids, targets):
+            from tinylm.models.decoder import ModelOutput
+
+            self.passes.append("no_sync" if self.in_no_sync else "sync")
+            return ModelOutput(logits=input_ids, loss=self.w * input_ids.float().mean())
+
+    ddp = FakeDDP()
+    batch = {"input_ids": torch.arange(32).view(8, 4), "targets": torch.zeros(8, 4).long()}
+    forward_backward(ddp, ddp, batch, 8, torch.device("cpu"), None)  # 2 rows a pass
+    assert ddp.passes == ["no_sync", "no_sync", "no_sync", "sync"]
+    assert float(ddp.w.grad) == pytest.approx(float(torch.arange(32).float().mean()))
+
+
+def test_the_global_batch_is_split_exactly_over_ranks_and_micro_batches():
+    from conftest import TINY_TEXT_MODEL
+
+    cfg = tiny_config("pile-bpe", extra=TINY_TEXT_MODEL)  # 512 tokens, windows of 32
+    assert cfg.batch_split(1) == (512, 512)  # automatic: the whole batch in one pass
+    assert cfg.batch_split(4) == (128, 128)
+    cfg.train.micro_batch_tokens = 64
+    assert cfg.batch_split(2) == (256, 64)  # 2 ranks x 4 micro-batches x 64 tokens = 512
+    cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 2**20, 0
+    assert cfg.batch_split(2) == (2**19, 16_384)  # automatic: passes of at most 16,384 tokens
+    for world, micro in ((3, 0), (1, 48), (1, 96)):
+        cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 512, micro
+        with pytest.raises(UserError):
+            cfg.batch_split(world)

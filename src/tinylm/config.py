@@ -21,6 +21,8 @@ import yaml
 
 from tinylm.errors import UserError
 
+AUTO_MICRO_TOKENS = 16_384  # train.micro_batch_tokens=0: at most this many tokens per pass
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -144,7 +146,13 @@ class ModelConfig:
 class TrainConfig:
     time: float | None = setting(300.0, above=0)  # seconds (validation excluded); None: no limit
     max_steps: int | None = setting(None, at_least=1)  # optimizer steps; None: no limit
-    batch_tokens: int = setting(4096, at_least=1)  # target tokens per optimizer step
+    # tokens per optimizer step, all ranks and micro-batches together (text: a multiple of
+    # model.context_length x ranks)
+    batch_tokens: int = setting(4096, at_least=1)
+    # tokens per forward/backward pass; gradients add up over the passes of a step. 0: the whole
+    # per-rank batch in one pass up to 16,384 tokens, else the fewest equal passes under that.
+    # Text: a multiple of model.context_length that divides the per-rank batch.
+    micro_batch_tokens: int = setting(0, at_least=0)
     lr: float = setting(3e-3, at_least=0)  # peak learning rate
     min_lr_ratio: float = setting(0.0, at_least=0, at_most=1)  # final lr as a share of lr
     warmup_steps: int = setting(100, at_least=0)
@@ -171,6 +179,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: list[str] = field(default_factory=list)  # prefixes / prompts shown after training
+    init_from: str | None = None  # the run whose weights this one started from (--init-from)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,7 +192,8 @@ class RunConfig:
 
     def check(self) -> None:
         """Every field's rule, each section's own rules, then those across sections (and what
-        follows from them: a word model's context is its longest word plus one)."""
+        follows from them: a word model's context is its longest word plus one). The batch's
+        division over ranks is checked when training starts (`batch_split`)."""
         for name, section in self.sections().items():
             _check_fields(section, f"{name}.")
             if hasattr(section, "check"):
@@ -195,8 +205,45 @@ class RunConfig:
         if self.data.kind == "words":
             self.model.context_length = self.data.max_len + 1  # <sos> word, or word <eos>
 
+    def batch_split(self, world_size: int = 1) -> tuple[int, int]:
+        """(tokens per rank, tokens per micro-batch) for a step of `train.batch_tokens` tokens
+        over `world_size` ranks. Text windows divide exactly or are refused; word batches hold
+        whole words, so theirs are targets to come close to."""
+        t, ctx = self.train, self.model.context_length
+        if t.batch_tokens < world_size:
+            raise UserError(f"train.batch_tokens is {t.batch_tokens}; it must be at least one token per rank ({world_size}).")  # fmt: skip
+        per_rank = t.batch_tokens // world_size
+        if self.data.kind != "text":
+            return per_rank, min(per_rank, t.micro_batch_tokens or AUTO_MICRO_TOKENS)
+        if t.batch_tokens % (ctx * world_size):
+            ranks = f" x {world_size} ranks" if world_size > 1 else ""
+            raise UserError(f"train.batch_tokens is {t.batch_tokens}; for text it must be a multiple of model.context_length ({ctx}){ranks}, e.g. {max(1, round(t.batch_tokens / (ctx * world_size))) * ctx * world_size}.")  # fmt: skip
+        rows = per_rank // ctx
+        if t.micro_batch_tokens == 0:
+            n = next(n for n in range(1, rows + 1) if rows % n == 0 and rows // n * ctx <= AUTO_MICRO_TOKENS or n == rows)  # fmt: skip
+            return per_rank, per_rank // n
+        micro = min(t.micro_batch_tokens, per_rank)
+        if micro % ctx or per_rank % micro:
+            raise UserError(f"train.micro_batch_tokens is {t.micro_batch_tokens}; for text it must be a multiple of model.context_length ({ctx}) that divides the {per_rank} tokens of each rank's batch.")  # fmt: skip
+        return per_rank, micro
+
     def sections(self) -> dict:
         return {name: getattr(self, name) for name in _SECTIONS}
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """The dotted names of the fields where `other` differs from this config."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for key in a:
+            if isinstance(a[key], dict):
+                out += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key][k]]
+            elif a[key] != b[key]:
+                out.append(key)
+        return out
+
+    def value(self, dotted: str):
+        section, _, name = dotted.rpartition(".")
+        return getattr(getattr(self, section) if section else self, name)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
