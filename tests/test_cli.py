@@ -39,7 +39,9 @@ def test_train_prints_report_and_writes_run(tmp_path, words_file, capsys):
     for prefix in ("fin", "inv", "tra", "mar", "ban", "com", "acc"):
         assert f"  {prefix} " in stdout
     assert f"Loss curve: {out / 'loss.png'}" in stdout
-    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m1 = json.loads((out / "eval.json").read_text())["bits_per_char"]
+    assert f"{'model':<20}{m1:>16.3f}" in stdout  # the table shows the saved figures
 
 
 def test_eval_json(tiny_run, capsys):
@@ -59,7 +61,8 @@ def test_eval_on_another_word_list(tiny_run, tmp_path, capsys):
     assert code == 0
     result = json.loads(stdout)
     assert result["words"] == 4 and result["skipped_words"] == 1  # x1y is not a word, über unknown
-    assert (tiny_run.path / "eval-other.json").is_file()
+    assert json.loads((tiny_run.path / "eval-other.json").read_text()) == result
+    assert result["targets"] == sum(len(w) + 1 for w in ("finance", "train", "banana", "market"))
 
 
 def test_complete_is_reproducible_and_respects_options(tiny_run, capsys):

@@ -1,9 +1,11 @@
+import json
 import math
 import os
 import signal
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_config
@@ -23,10 +25,15 @@ def test_a_few_seconds_of_training_beat_the_unigram_baseline(tiny_run):
     assert result["bits_per_char"] < unigram["bits_per_char"] - 0.3
     assert result["next_char_accuracy"] > unigram["next_char_accuracy"]
     assert 0 <= result["sampled_words"]["new"] <= 1
-    assert (tiny_run.path / "eval.json").is_file()
+    assert tiny_run.read_json("eval.json") == json.loads(json.dumps(result))  # what was shown
 
 
-def test_run_directory_has_everything(tiny_run):
+def checkpoint_meta(run: Run) -> dict:
+    with safe_open(run.checkpoint_path, "pt") as f:
+        return json.loads(f.metadata()["tinylm"])["meta"]["state"]
+
+
+def test_run_directory_has_everything(tiny_run, words_file):
     names = {p.name for p in tiny_run.path.iterdir()}
     assert {
         "tinylm.yaml",
@@ -39,10 +46,33 @@ def test_run_directory_has_everything(tiny_run):
         "loss.png",
         "split",
     } <= names
-    assert {p.name for p in tiny_run.split_dir.iterdir()} >= {"train.txt", "val.txt", "test.txt"}
-    records = tiny_run.metrics()
-    assert any("val_loss" in r for r in records) and any("loss" in r for r in records)
     assert not [n for n in names if n.endswith(".tmp")]
+    # the split: disjoint, and all the usable words of the data file
+    split = {name: tiny_run.read_split(name) for name in ("train", "val", "test")}
+    words = {w for w in words_file.read_text().split() if w.isalpha()}
+    assert sum(map(len, split.values())) == len(words) == len(set().union(*split.values()))
+    # the tokenizer spells every training word back
+    tok = tiny_run.tokenizer()
+    assert all(tok.decode(tok.encode(w)) == w for w in split["train"][:200])
+    # the log: a training line every 10 steps to 150, a validation every 50 (and the last)
+    records = tiny_run.metrics()
+    assert [r["step"] for r in records if "loss" in r] == list(range(10, 151, 10))
+    assert [r["step"] for r in records if "val_loss" in r] == [50, 100, 150]
+    # the checkpoint is the end of training; the weights are the best validation's
+    meta = checkpoint_meta(tiny_run)
+    best = min(r["val_loss"] for r in records if "val_loss" in r)
+    assert meta["step"] == 150 and meta["best_val"] == best and meta["last_eval_step"] == 150
+    cfg = tiny_run.config()
+    model = tiny_run.load_model(cfg)
+    from tinylm.data.batching import WordBatches
+    from tinylm.train import validation_loss
+
+    batches = WordBatches(
+        split["val"], tok, 8192, seed=cfg.train.seed, arch="decoder"
+    ).eval_batches()
+    cpu = torch.device("cpu")
+    assert validation_loss(model, batches, cpu, None, 10**9) == pytest.approx(best, rel=1e-5)
+    assert tiny_run.loss_plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def final_weights(run: Run) -> dict[str, torch.Tensor]:
@@ -81,8 +111,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_a_checkpoint(tmp_path, words_file):
     cfg = tiny_config(data=words_file, steps=1000)
     run, summary = train_run(cfg, tmp_path / "r", should_stop=press_ctrl_c, show_progress=False)
     assert summary["reason"] == "interrupted" and summary["step"] in (15, 16)  # after that step
-    assert run.weights_path.is_file() and run.checkpoint_path.is_file()
-    assert run.loss_plot_path.is_file()
+    assert checkpoint_meta(run)["step"] == summary["step"]  # the checkpoint is that step's
+    assert [r["step"] for r in run.metrics()] == [10]  # logged every 10 steps, no validation
+    run.load_model()  # usable weights, although no validation ran
+    assert run.loss_plot_path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monkeypatch):
@@ -153,8 +185,21 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     )
     assert all(o.word.startswith("fin") and o.word.isalpha() for o in outs)
     assert any(o.finished for o in outs)
-    greedy = complete(model, run.tokenizer(), "tra", num=1, temperature=0)[0]
-    assert greedy.word.startswith("tra") and len(greedy.word) <= 15
+    # Greedy completion against the argmax chain computed here by plain forward passes: the
+    # encoder reads <sos> t r a <eos>, the decoder starts from <sos> and takes its likeliest
+    # symbol (never <pad>, <sos> or space) until <eos>, at most 15 - 3 letters and <eos>.
+    tok = run.tokenizer()
+    enc = torch.tensor([[tok.bos_id, *tok.encode("tra"), tok.eos_id]])
+    dec = [tok.bos_id]
+    with torch.no_grad():
+        while len(dec) <= 13 and dec[-1] != tok.eos_id:
+            logits = model.hf(input_ids=enc, attention_mask=torch.ones_like(enc),
+                              decoder_input_ids=torch.tensor([dec])).logits[0, -1]  # fmt: skip
+            logits[[tok.pad_id, tok.bos_id, tok.tok.token_to_id(" ")]] = -math.inf
+            dec.append(int(logits.argmax()))
+    expected = "tra" + tok.decode([t for t in dec[1:] if t != tok.eos_id])
+    greedy = complete(model, tok, "tra", num=1, temperature=0)[0]
+    assert (greedy.word, greedy.finished) == (expected, dec[-1] == tok.eos_id)
 
 
 def gradients(model) -> dict[str, torch.Tensor]:
