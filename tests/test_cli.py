@@ -203,3 +203,17 @@ def test_text_batches_that_cannot_divide_exactly_are_refused(tmp_path, text_file
         code, _, err = run_cli(capsys, *base, bad)
         assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`tinylm --help` stays fast (under 0.5 s) because nothing heavy is imported up front."""
+    code = (
+        "import sys, tinylm.cli as c; c.build_parser().format_help(); "
+        "print([m for m in ('torch', 'transformers', 'datasets', 'numpy', 'tinylm.train') "
+        "if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    result = subprocess.run([sys.executable, "-m", "tinylm.cli", "train", "--help"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "--device" in result.stdout and "--resume" in result.stdout
