@@ -183,8 +183,8 @@ def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
     the resumed process), then `tinylm train --resume --out RUN` with nothing else."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
-    args = ["words", "--data", words_file, "--max-steps", 400, "--no-report", *TINY_MODEL,
-            "train.eval_every=20", "model.dropout=0.1"]  # fmt: skip
+    args = ["words", "--data", words_file, "--max-steps", 150, "--no-report", *TINY_MODEL,
+            "train.batch_tokens=512", "train.eval_every=20", "model.dropout=0.1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     ref, victim = tmp_path / "ref", tmp_path / "victim"
@@ -196,11 +196,11 @@ def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
     while not (victim / "tinylm.yaml").is_file():
         assert p.poll() is None and time.time() < deadline, p.stderr.read().decode()[-2000:]
         time.sleep(0.005)
-    time.sleep(rng.uniform(0, 1.5))
+    time.sleep(rng.uniform(0, 1.0))  # within its ~150 steps of training
     p.kill()
     p.wait()
     p = subprocess.Popen(cli("--resume", "--out", victim, "--no-report"), **quiet)
-    time.sleep(rng.uniform(0, 4))
+    time.sleep(rng.uniform(0, 4))  # starting up (imports, data), or training
     p.kill()
     p.wait()
     final = subprocess.run(cli("--resume", "--out", victim, "--no-report"), timeout=300, **quiet)
