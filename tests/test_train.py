@@ -9,8 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from tinylm import checkpoints
-from tinylm import runs as runs_module
+from tinylm import checkpoints, weights
 from tinylm.errors import UserError
 from tinylm.evaluate import evaluate_run, ngram_baselines
 from tinylm.generate import complete, make_generator
@@ -127,7 +126,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monk
             f.write(b"\x00" * 1000)  # half a file, then the machine "dies"
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(runs_module, "save_file", crash_mid_write)
+    monkeypatch.setattr(weights, "save_file", crash_mid_write)
     monkeypatch.setattr(checkpoints, "save_file", crash_mid_write)
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(OSError):

@@ -4,7 +4,7 @@
       tinylm.yaml            resolved configuration
       tokenizer.json         tokenizer (Hugging Face format) + tokenizer_config.json
       config.json            model config (Hugging Face format)
-      model.safetensors      best weights so far (Hugging Face layout)
+      model.safetensors      best weights so far (Hugging Face layout, weights.py)
       checkpoint.safetensors last training state for --resume (checkpoints.py)
       metrics.jsonl          one JSON object per logged step / validation
       loss.png               training and validation loss
@@ -28,14 +28,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from tinylm import atomic, checkpoints
+from tinylm import atomic, checkpoints, weights
 from tinylm.config import RunConfig
 from tinylm.errors import UserError
-from tinylm.models import Seq2Seq, build_model
-from tinylm.models.decoder import hf_config
 from tinylm.tokenizer import Tokenizer
 
 # Files the trainer writes through atomic.py; their leftover temporaries are its to remove.
@@ -130,42 +126,15 @@ class Run:
         cfg = cfg or self.config()
         return Tokenizer.load(self.path, cfg.tokenizer.kind)
 
-    # --- weights
+    # --- weights (weights.py)
     def save_weights(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
         """The model in the Hugging Face layout: config.json + model.safetensors."""
-        if isinstance(model, Seq2Seq):
-            atomic.replace_files(self.path, lambda tmp: model.hf.save_pretrained(tmp))
-            return
-        tensors = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        atomic.atomic_write(
-            self.weights_path, lambda tmp: save_file(tensors, tmp, {"format": "pt"})
-        )
-        tok = tokenizer
-        config = hf_config(model.cfg, model.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
-        atomic.write_text(self.path / "config.json", json.dumps(config, indent=2) + "\n")
+        weights.save(self.path, model, tokenizer)
 
     def load_model(self, cfg: RunConfig | None = None, tokenizer: Tokenizer | None = None):
         """The best weights, ready for evaluation (eval mode, CPU)."""
         cfg = cfg or self.config()
-        tokenizer = tokenizer or self.tokenizer(cfg)
-        if not self.weights_path.is_file():
-            raise UserError(f"{self.path} has no trained weights yet (no model.safetensors).")
-        try:
-            if cfg.model.arch == "seq2seq":
-                model = Seq2Seq.from_folder(self.path)
-            else:
-                model = build_model(cfg.model, tokenizer)
-                result = model.load_state_dict(load_file(self.weights_path), strict=False)
-                missing = set(result.missing_keys) - {"lm_head.weight"}  # tied to the embedding
-                if missing or result.unexpected_keys:
-                    bad = sorted(missing) + sorted(result.unexpected_keys)
-                    raise ValueError(f"names not matching the model: {', '.join(bad[:3])}")
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise UserError(
-                f"The weights in {self.path} are unreadable ({_first_line(e)})."
-            ) from None
-        return model.eval()
+        return weights.load(self.path, cfg, tokenizer or self.tokenizer(cfg))
 
     # --- checkpoints for --resume
     def save_checkpoint(self, model, optimizer, meta: dict, rng=None) -> None:
