@@ -1,9 +1,10 @@
 """Where one training step of the word model goes on this CPU, and which AdamW implementation
 pays: forward + backward, gradient clipping and the optimizer step timed apart, for PyTorch's
 for-loop, `foreach` and `fused` AdamW. Prints one JSON line per implementation (milliseconds
-per step, median of the measured steps).
+per step, median of the measured steps). On a GPU (`--device cuda`) each part is timed to the
+end of its kernels (a synchronize before each clock reading, which the training loop does not do).
 
-    python bench/step.py [section.field=value ...]
+    python bench/step.py [--device auto|cpu|cuda|mps] [section.field=value ...]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from tinylm.config import apply_overrides, load_preset
 from tinylm.data.batching import WordBatches
 from tinylm.data.words import load_words
-from tinylm.device import autocast, autocast_dtype
+from tinylm.device import autocast, autocast_dtype, pick_device, to_device
 from tinylm.models import build_model
 from tinylm.tokenizer import build_char
 from tinylm.train import param_groups
@@ -28,31 +29,36 @@ from tinylm.train import param_groups
 WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
 
 
-def profile(cfg, words, impl: str, steps: int = 150) -> dict:
+def profile(cfg, words, impl: str, device: torch.device, steps: int = 150) -> dict:
     tok = build_char(words)
     cfg.model.context_length = 16
     data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="decoder")
     torch.manual_seed(0)
-    model = build_model(cfg.model, tok)
+    model = build_model(cfg.model, tok).to(device)
     flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     groups = param_groups(model, cfg.train.weight_decay)
     betas = (cfg.train.beta1, cfg.train.beta2)
     opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=betas, **flags[impl])
-    device = torch.device("cpu")
     dtype = autocast_dtype(cfg.train.precision, device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     times = {"forward_backward": [], "clip": [], "optimizer": [], "step": []}
     for i in range(steps + 20):
-        batch = data.batch(i)
-        t0 = time.perf_counter()
+        batch = to_device(data.batch(i), device)
+        t0 = clock()
         with autocast(device, dtype):
             loss = model(**batch).loss
         loss.backward()
-        t1 = time.perf_counter()
+        t1 = clock()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        t2 = time.perf_counter()
+        t2 = clock()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+        t3 = clock()
         if i >= 20:  # warm-up steps first
             for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
                 times[k].append(v)
@@ -62,14 +68,16 @@ def profile(cfg, words, impl: str, steps: int = 150) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="words")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     cfg = apply_overrides(load_preset(args.preset), args.overrides)
     words = load_words(str(WORDS) if WORDS.is_file() else "words")
+    device = pick_device(args.device)
     for impl in ("loop", "foreach", "fused"):
-        ms = profile(cfg, words, impl)
-        print(json.dumps({"adamw": impl, "ms": ms}), flush=True)
+        ms = profile(cfg, words, impl, device)
+        print(json.dumps({"adamw": impl, "device": str(device), "ms": ms}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Run by test_distributed.py, once per rank: `tinylm ARGS...` through the real CLI, recording
-per rank a checksum of the final weights, the training summary and every write into the run
-directory. Usage: ddp_worker.py REPORT ARGS..."""
+per rank a checksum of the final weights, the training summary, every write into the run
+directory, the targets of each micro-batch and how often DDP's no_sync was entered. Usage: ddp_worker.py REPORT ARGS..."""
 
 import json
 import os
 import sys
 
+from torch.nn.parallel import DistributedDataParallel
+
+import tinylm.atomic
 import tinylm.runs
 import tinylm.train
 from tinylm.cli import main
@@ -14,8 +17,8 @@ report, argv = sys.argv[1], sys.argv[2:]
 rank = int(os.environ["RANK"])
 writes, checksums, summaries = [], {}, []
 
-original_atomic_write, original_log = tinylm.runs.atomic_write, tinylm.runs.Run.log
-tinylm.runs.atomic_write = lambda path, write: (
+original_atomic_write, original_log = tinylm.atomic.atomic_write, tinylm.runs.Run.log
+tinylm.atomic.atomic_write = lambda path, write: (
     writes.append(str(path)),
     original_atomic_write(path, write),
 )[1]
@@ -31,7 +34,21 @@ def fit(run, cfg, model, *args, **kwargs):
 
 
 tinylm.train.fit = fit
+micro, no_sync = [], []  # targets per micro-batch; entries into DDP's no_sync
+original_micro_batches = tinylm.train.micro_batches
+
+
+def micro_batches(batch, max_tokens):
+    parts = original_micro_batches(batch, max_tokens)
+    micro.extend(int((p["targets"] != -100).sum()) for p in parts)
+    return parts
+
+
+tinylm.train.micro_batches = micro_batches
+original_no_sync = DistributedDataParallel.no_sync
+DistributedDataParallel.no_sync = lambda self: (no_sync.append(1), original_no_sync(self))[1]
 code = main(argv)
 with open(f"{report}.rank{rank}.json", "w") as f:
-    json.dump({"code": code, "writes": writes, "checksums": checksums, "summaries": summaries}, f)
+    json.dump({"code": code, "writes": writes, "checksums": checksums, "summaries": summaries,
+               "micro": micro, "no_sync": len(no_sync)}, f)  # fmt: skip
 sys.exit(code)

@@ -39,7 +39,9 @@ def test_train_prints_report_and_writes_run(tmp_path, words_file, capsys):
     for prefix in ("fin", "inv", "tra", "mar", "ban", "com", "acc"):
         assert f"  {prefix} " in stdout
     assert f"Loss curve: {out / 'loss.png'}" in stdout
-    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m1 = json.loads((out / "eval.json").read_text())["bits_per_char"]
+    assert f"{'model':<20}{m1:>16.3f}" in stdout  # the table shows the saved figures
 
 
 def test_eval_json(tiny_run, capsys):
@@ -59,7 +61,8 @@ def test_eval_on_another_word_list(tiny_run, tmp_path, capsys):
     assert code == 0
     result = json.loads(stdout)
     assert result["words"] == 4 and result["skipped_words"] == 1  # x1y is not a word, über unknown
-    assert (tiny_run.path / "eval-other.json").is_file()
+    assert json.loads((tiny_run.path / "eval-other.json").read_text()) == result
+    assert result["targets"] == sum(len(w) + 1 for w in ("finance", "train", "banana", "market"))
 
 
 def test_complete_gives_the_likeliest_distinct_words_with_probabilities(tiny_run, capsys):
@@ -167,3 +170,65 @@ def test_console_script_exit_code(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+BAD_SETTINGS = [
+    (["train.lr=-1"], "train.lr"),
+    (["train.lr=nan"], "train.lr"),
+    (["train.lr=inf"], "train.lr"),
+    (["train.lr=fast"], "train.lr"),
+    (["train.eval_every=0"], "train.eval_every"),
+    (["train.batch_tokens=0"], "train.batch_tokens"),
+    (["train.warmup_steps=-5"], "train.warmup_steps"),
+    (["train.cooldown=1.5"], "train.cooldown"),
+    (["train.beta2=1.5"], "train.beta2"),
+    (["train.nosuch=1"], "train.nosuch"),
+    (["model.d_model=0"], "model.d_model"),
+    (["model.d_model=12.5"], "model.d_model"),
+    (["model.n_heads=7"], "model.n_heads"),
+    (["model.dropout=1.0"], "model.dropout"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["data.min_len=10", "data.max_len=5"], "data.min_len"),
+    (["tokenizer.vocab_size=-3"], "tokenizer.vocab_size"),
+    (["train.precision=fp64"], "train.precision"),
+]
+
+
+@pytest.mark.parametrize("overrides,name", BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])
+def test_every_setting_is_checked_before_work_starts(
+    tmp_path, monkeypatch, words_file, capsys, overrides, name
+):
+    monkeypatch.chdir(tmp_path)  # the default run directory would be runs/words here
+    code, _, err = run_cli(capsys, "train", "--data", words_file, *overrides)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert name in err and ("must" in err or "has " in err), err  # the field, what is allowed
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing at all
+
+
+def test_text_batches_that_cannot_divide_exactly_are_refused(tmp_path, text_file, capsys):
+    from conftest import TINY_TEXT_MODEL
+
+    out = tmp_path / "run"
+    base = ["train", "pile-bpe", "--data", text_file, "--out", out, *TINY_MODEL, *TINY_TEXT_MODEL]
+    for bad, phrase in (
+        ("train.batch_tokens=500", "multiple of model.context_length (32)"),
+        ("train.micro_batch_tokens=48", "divides the 512 tokens"),
+    ):
+        code, _, err = run_cli(capsys, *base, bad)
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`tinylm --help` stays fast (under 0.5 s) because nothing heavy is imported up front."""
+    code = (
+        "import sys, tinylm.cli as c; c.build_parser().format_help(); "
+        "print([m for m in ('torch', 'transformers', 'datasets', 'numpy', 'tinylm.train') "
+        "if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+    result = subprocess.run([sys.executable, "-m", "tinylm.cli", "train", "--help"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "--device" in result.stdout and "--resume" in result.stdout

@@ -54,7 +54,7 @@ def test_yaml_types_are_checked(tmp_path):
 
 def test_choices_are_checked():
     for bad in ["train.schedule=cosin", "model.arch=rnn", "tokenizer.kind=sentencepiece"]:
-        with pytest.raises(UserError, match="choose one of"):
+        with pytest.raises(UserError, match="must be one of"):
             apply_overrides(load_preset("words"), [bad])
 
 
@@ -69,3 +69,22 @@ def test_learning_rate_schedules():
     cfg.schedule = "cosine"
     assert learning_rate(cfg, 50, 0.5) == pytest.approx(0.5)
     assert learning_rate(cfg, 99, 1.0) == pytest.approx(0.0)
+
+
+def test_every_number_and_choice_has_its_rule_beside_it():
+    from dataclasses import fields
+
+    from tinylm.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig
+
+    for section in (DataConfig, TokenizerConfig, ModelConfig, TrainConfig):
+        for f in fields(section):
+            numeric = ("int" in f.type or "float" in f.type) and f.type != "bool"
+            if numeric or f.name in ("kind", "arch", "schedule", "precision"):
+                assert "rule" in f.metadata, f"{section.__name__}.{f.name} has no rule"
+
+
+def test_every_preset_passes_its_own_checks():
+    for name in preset_names():
+        cfg = load_preset(name)
+        assert cfg.batch_split(1)[0] == cfg.train.batch_tokens
+        cfg.check()

@@ -26,7 +26,7 @@ def free_port() -> int:
 def train_args(out, data, steps) -> list[str]:
     return ["train", "pile-bpe", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
             "--no-report", *TINY_MODEL, *TINY_TEXT_MODEL, "tokenizer.vocab_size=300",
-            "train.eval_every=5"]  # fmt: skip
+            "train.eval_every=5", "train.micro_batch_tokens=128"]  # fmt: skip
 
 
 def worker_env() -> dict:
@@ -67,8 +67,11 @@ def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_pa
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in line and "val_loss" not in line]  # fmt: skip
     assert steps == sorted(set(steps))  # one writer: no duplicated log lines
-    # the tokens counted are those of both ranks
-    assert s0["tokens"] == 12 * 2 * (512 // 32) * 32
+    # train.batch_tokens is the global batch: 2 ranks x 2 micro-batches x 12 steps account for
+    # it exactly, and DDP averages the gradients once per step, on the last micro-batch
+    assert s0["tokens"] == s1["tokens"] == 12 * 512
+    assert r0["micro"] == r1["micro"] == [128] * (12 * 2)
+    assert r0["no_sync"] == r1["no_sync"] == 12
     assert "Stopped (budget) after 12 steps" in result.stdout  # said once, by rank 0
     assert result.stdout.count("Stopped (") == 1
 

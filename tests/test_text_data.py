@@ -131,7 +131,7 @@ def test_token_cache_makes_a_second_run_start_at_once(tmp_path, text_file, monke
 
 
 def test_packed_tokens_start_each_document_with_end_of_text(tmp_path, text_file):
-    from tinylm import rundata
+    from tinylm import training_data
     from tinylm.runs import Run
 
     cfg = tiny_config(
@@ -139,12 +139,12 @@ def test_packed_tokens_start_each_document_with_end_of_text(tmp_path, text_file)
     )
     run, _ = train_run(cfg, tmp_path / "r", show_progress=False)
     cfg = Run.open(run.path).config()
-    data = rundata.reload(run, cfg)
+    data = training_data.reload(run, cfg)
     tokens = data.train.tokens
     assert tokens.dtype.name == "uint16"
     eos = data.tokenizer.eos_id
     assert tokens[0] == eos
-    corpus, split = rundata.text_split(run, cfg)
+    corpus, split = training_data.text_split(run, cfg)
     assert int((tokens == eos).sum()) == len(split["train"])  # one per document
     first_doc = corpus.documents[split["train"][0]]
     n = len(data.tokenizer.encode(first_doc))
@@ -166,3 +166,14 @@ def test_empty_corpus(tmp_path):
     cfg = tiny_config("pile-bpe", data=path, steps=2, extra=TINY_TEXT_MODEL)
     with pytest.raises(UserError, match="no text"):
         train_run(cfg, tmp_path / "r", show_progress=False)
+
+
+def test_jsonl_is_split_on_newlines_only(tmp_path):
+    # U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string; str.splitlines()
+    # would cut the line there and lose the document.
+    docs = ["one\u2028line separator", "para\u2029graph", "next\x85line", "plain\r\nwindows"]
+    path = tmp_path / "c.jsonl"
+    rows = [json.dumps({"text": d}, ensure_ascii=False) for d in docs]
+    path.write_text("\r\n".join(rows[:2]) + "\r\n" + "\n".join(rows[2:]) + "\n", newline="")
+    assert "\u2028" in path.read_text()  # written raw, not escaped
+    assert load_corpus(str(path)).documents == docs

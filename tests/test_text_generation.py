@@ -95,8 +95,6 @@ def test_text_eval_is_honest_about_unknown_words(text_runs):
     assert bpe["unk_rate"] == 0 and bpe["unk_bits_per_byte"] == 0
     assert word["unk_rate"] > 0.01  # the synthetic corpus has rare words by design
     assert word["unk_bits_per_byte"] > 0
-    model_only = word["loss_per_token"] * word["tokens"] / 0.693147 / word["bytes"]
-    assert word["bits_per_byte"] == pytest.approx(model_only + word["unk_bits_per_byte"], rel=1e-4)
     for r in (word, bpe):
         assert r["bits_per_byte"] < r["baselines"]["unigram"]["bits_per_byte"]
 

@@ -1,13 +1,16 @@
+import json
 import math
 import os
 import signal
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_config
-from tinylm import runs as runs_module
+from tinylm import checkpoints, weights
+from tinylm.errors import UserError
 from tinylm.evaluate import evaluate_run, ngram_baselines
 from tinylm.inference import Sampling, load
 from tinylm.inference.search import likeliest_words
@@ -22,10 +25,15 @@ def test_a_few_seconds_of_training_beat_the_unigram_baseline(tiny_run):
     assert result["bits_per_char"] < unigram["bits_per_char"] - 0.3
     assert result["next_char_accuracy"] > unigram["next_char_accuracy"]
     assert 0 <= result["sampled_words"]["new"] <= 1
-    assert (tiny_run.path / "eval.json").is_file()
+    assert tiny_run.read_json("eval.json") == json.loads(json.dumps(result))  # what was shown
 
 
-def test_run_directory_has_everything(tiny_run):
+def checkpoint_meta(run: Run) -> dict:
+    with safe_open(run.checkpoint_path, "pt") as f:
+        return json.loads(f.metadata()["tinylm"])["meta"]["state"]
+
+
+def test_run_directory_has_everything(tiny_run, words_file):
     names = {p.name for p in tiny_run.path.iterdir()}
     assert {
         "tinylm.yaml",
@@ -38,10 +46,33 @@ def test_run_directory_has_everything(tiny_run):
         "loss.png",
         "split",
     } <= names
-    assert {p.name for p in tiny_run.split_dir.iterdir()} >= {"train.txt", "val.txt", "test.txt"}
-    records = tiny_run.metrics()
-    assert any("val_loss" in r for r in records) and any("loss" in r for r in records)
     assert not [n for n in names if n.endswith(".tmp")]
+    # the split: disjoint, and all the usable words of the data file
+    split = {name: tiny_run.read_split(name) for name in ("train", "val", "test")}
+    words = {w for w in words_file.read_text().split() if w.isalpha()}
+    assert sum(map(len, split.values())) == len(words) == len(set().union(*split.values()))
+    # the tokenizer spells every training word back
+    tok = tiny_run.tokenizer()
+    assert all(tok.decode(tok.encode(w)) == w for w in split["train"][:200])
+    # the log: a training line every 10 steps to 150, a validation every 50 (and the last)
+    records = tiny_run.metrics()
+    assert [r["step"] for r in records if "loss" in r] == list(range(10, 151, 10))
+    assert [r["step"] for r in records if "val_loss" in r] == [50, 100, 150]
+    # the checkpoint is the end of training; the weights are the best validation's
+    meta = checkpoint_meta(tiny_run)
+    best = min(r["val_loss"] for r in records if "val_loss" in r)
+    assert meta["step"] == 150 and meta["best_val"] == best and meta["last_eval_step"] == 150
+    cfg = tiny_run.config()
+    model = tiny_run.load_model(cfg)
+    from tinylm.data.batching import WordBatches
+    from tinylm.train import validation_loss
+
+    batches = WordBatches(
+        split["val"], tok, 8192, seed=cfg.train.seed, arch="decoder"
+    ).eval_batches()
+    cpu = torch.device("cpu")
+    assert validation_loss(model, batches, cpu, None, 10**9) == pytest.approx(best, rel=1e-5)
+    assert tiny_run.loss_plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def final_weights(run: Run) -> dict[str, torch.Tensor]:
@@ -80,8 +111,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_a_checkpoint(tmp_path, words_file):
     cfg = tiny_config(data=words_file, steps=1000)
     run, summary = train_run(cfg, tmp_path / "r", should_stop=press_ctrl_c, show_progress=False)
     assert summary["reason"] == "interrupted" and summary["step"] in (15, 16)  # after that step
-    assert run.weights_path.is_file() and run.checkpoint_path.is_file()
-    assert run.loss_plot_path.is_file()
+    assert checkpoint_meta(run)["step"] == summary["step"]  # the checkpoint is that step's
+    assert [r["step"] for r in run.metrics()] == [10]  # logged every 10 steps, no validation
+    run.load_model()  # usable weights, although no validation ran
+    assert run.loss_plot_path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monkeypatch):
@@ -94,7 +127,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monk
             f.write(b"\x00" * 1000)  # half a file, then the machine "dies"
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(runs_module, "save_file", crash_mid_write)
+    monkeypatch.setattr(weights, "save_file", crash_mid_write)
+    monkeypatch.setattr(checkpoints, "save_file", crash_mid_write)
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(OSError):
         tiny_run.save_checkpoint(model, optimizer, {"state": {}})
@@ -149,5 +183,107 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     outs = loaded.sample(["fin"], Sampling(1.0), n=4, seed=0)
     assert all(o.text.isalpha() or o.text == "" for o in outs)
     assert any(o.finished for o in outs)
+    # Greedy completion against the argmax chain computed here by plain forward passes: the
+    # encoder reads <sos> t r a <eos>, the decoder <sos> t r a, then takes its likeliest symbol
+    # (never <pad>, <sos> or space) until <eos>, at most 15 - 3 letters.
+    tok, model = run.tokenizer(), loaded.model
+    enc = torch.tensor([[tok.bos_id, *tok.encode("tra"), tok.eos_id]])
+    dec, letters, finished = [tok.bos_id, *tok.encode("tra")], [], False
+    with torch.no_grad():
+        while len(letters) < 12:
+            logits = model.hf(input_ids=enc, attention_mask=torch.ones_like(enc),
+                              decoder_input_ids=torch.tensor([dec])).logits[0, -1]  # fmt: skip
+            logits[[tok.pad_id, tok.bos_id, tok.tok.token_to_id(" ")]] = -math.inf
+            nxt = int(logits.argmax())
+            if nxt == tok.eos_id:
+                finished = True
+                break
+            dec.append(nxt)
+            letters.append(nxt)
+    [greedy] = loaded.sample(["tra"], Sampling(0.0))
+    assert (greedy.text, greedy.finished) == (tok.decode(letters), finished)
     top = likeliest_words(loaded.model, loaded.task, "tra", k=3)
     assert len(top.words) == 3 and all(w.word.startswith("tra") for w in top.words)
+
+
+def gradients(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["decoder", "seq2seq"])
+def test_accumulated_gradients_equal_the_whole_batchs(words_file, arch):
+    """fp32: a batch cut into micro-batches gives the gradient of the batch in one pass, also
+    when micro-batches hold different numbers of targets (seq2seq pads its targets)."""
+    from tinylm.config import ModelConfig
+    from tinylm.data.batching import WordBatches
+    from tinylm.models import build_model
+    from tinylm.tokenizer import build_char
+    from tinylm.train import forward_backward
+
+    words = words_file.read_text().split()
+    tok = build_char(words)
+    cfg = ModelConfig(arch=arch, d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, tok)
+    model.eval()  # no dropout: the two ways must see the same function
+    batch = WordBatches(words, tok, 600, seed=0, arch=arch).batch(3)
+    rows = len(batch["targets"])
+    assert rows >= 8
+    cpu = torch.device("cpu")
+    whole_loss, n = forward_backward(None, model, batch, 10**6, cpu, None)
+    whole = gradients(model)
+    model.zero_grad(set_to_none=True)
+    width = batch["targets"].shape[1]
+    parts_loss, m = forward_backward(None, model, batch, 3 * width, cpu, None)  # 3 rows a pass
+    parts = gradients(model)
+    assert n == m == int((batch["targets"] != -100).sum())
+    assert abs(float(whole_loss) - float(parts_loss)) <= 1e-6
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert (whole[name] - parts[name]).abs().max() <= 1e-6, name
+
+
+def test_ddp_averages_once_per_step_on_the_last_micro_batch():
+    from contextlib import contextmanager
+
+    from tinylm.train import forward_backward
+
+    class FakeDDP(torch.nn.Module):  # records which passes run outside no_sync
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.in_no_sync, self.passes = False, []
+
+        @contextmanager
+        def no_sync(self):
+            self.in_no_sync = True
+            yield
+            self.in_no_sync = False
+
+        def forward(self, input_ids, targets):
+            from tinylm.models.decoder import ModelOutput
+
+            self.passes.append("no_sync" if self.in_no_sync else "sync")
+            return ModelOutput(logits=input_ids, loss=self.w * input_ids.float().mean())
+
+    ddp = FakeDDP()
+    batch = {"input_ids": torch.arange(32).view(8, 4), "targets": torch.zeros(8, 4).long()}
+    forward_backward(ddp, ddp, batch, 8, torch.device("cpu"), None)  # 2 rows a pass
+    assert ddp.passes == ["no_sync", "no_sync", "no_sync", "sync"]
+    assert float(ddp.w.grad) == pytest.approx(float(torch.arange(32).float().mean()))
+
+
+def test_the_global_batch_is_split_exactly_over_ranks_and_micro_batches():
+    from conftest import TINY_TEXT_MODEL
+
+    cfg = tiny_config("pile-bpe", extra=TINY_TEXT_MODEL)  # 512 tokens, windows of 32
+    assert cfg.batch_split(1) == (512, 512)  # automatic: the whole batch in one pass
+    assert cfg.batch_split(4) == (128, 128)
+    cfg.train.micro_batch_tokens = 64
+    assert cfg.batch_split(2) == (256, 64)  # 2 ranks x 4 micro-batches x 64 tokens = 512
+    cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 2**20, 0
+    assert cfg.batch_split(2) == (2**19, 16_384)  # automatic: passes of at most 16,384 tokens
+    for world, micro in ((3, 0), (1, 48), (1, 96)):
+        cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 512, micro
+        with pytest.raises(UserError):
+            cfg.batch_split(world)

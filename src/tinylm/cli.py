@@ -62,7 +62,13 @@ def add_train_parser(sub) -> None:
     t.add_argument("--out", type=Path, help="run directory (default: runs/PRESET[-N])")
     t.add_argument("--time", help="training time budget: seconds or 90s / 5m / 1h")
     t.add_argument("--max-steps", type=positive_int, help="optimizer-step budget")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out exactly as it started; --time / --max-steps set a new "
+        "total budget",
+    )
+    add_device_option(t)
     t.add_argument("--seed", type=int, help="training seed (data order, initialisation)")
     t.add_argument(
         "--init-from",
@@ -167,7 +173,9 @@ def add_sampling_options(p) -> None:
 
 
 def add_device_option(p) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps"
+    )
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -175,27 +183,14 @@ def add_device_option(p) -> None:
 
 def cmd_train(args) -> int:
     from tinylm import distributed as dist
-    from tinylm.config import apply_overrides, load_preset, parse_duration
-    from tinylm.train import default_out, train_run
+    from tinylm.launch import plan
+    from tinylm.train import train_run
 
-    preset, overrides = args.preset, list(args.overrides)
-    if preset and "=" in preset:
-        preset, overrides = None, [preset, *overrides]
-    if args.init_from:
-        cfg = init_config(args.init_from, preset, overrides, args.data)
-    else:
-        cfg = apply_overrides(load_preset(preset or "words"), overrides)
-    if args.data:
-        cfg.data.source = args.data
-    if args.seed is not None:
-        cfg.train.seed = args.seed
-    # An explicit budget replaces the preset's: --max-steps alone means no time limit.
-    if args.time is not None or args.max_steps is not None:
-        cfg.train.time = parse_duration(args.time) if args.time is not None else None
-        cfg.train.max_steps = args.max_steps
-    out = args.out or default_out(cfg.preset, args.resume)
-    with dist.session() as env:  # under torchrun: every rank trains, then all leave together
-        run, summary = train_run(cfg, out, resume=args.resume, init_from=args.init_from)
+    cfg, out = plan(args.preset, args.overrides, out=args.out, data=args.data, seed=args.seed,
+                    time=args.time, max_steps=args.max_steps, init_from=args.init_from,
+                    resume=args.resume)  # fmt: skip
+    with dist.session(args.device) as env:  # under torchrun: every rank trains, then all leave
+        run, summary = train_run(cfg, out, resume=args.resume, device=args.device)
     if not env.is_main:
         return 130 if summary["reason"] == "interrupted" else 0
     print(
@@ -214,23 +209,6 @@ def cmd_train(args) -> int:
     print(f"Loss curve: {run.loss_plot_path}")
     print(f"A page about this run: tinylm report {run.path}")
     return 0
-
-
-def init_config(source: Path, preset, overrides, data):
-    """Domain adaptation: the source run's config (model and tokenizer fixed), new data."""
-    from tinylm.config import apply_overrides
-    from tinylm.runs import Run
-
-    if preset:
-        raise UserError("Give either a preset or --init-from RUN, not both.")
-    if not data:
-        raise UserError("--init-from RUN needs --data: the text to continue training on.")
-    fixed = [o for o in overrides if o.startswith(("model.", "tokenizer."))]
-    if fixed:
-        raise UserError(f"{fixed[0]}: the model and tokenizer of {source} cannot change.")
-    cfg = apply_overrides(Run.open(source).config(), overrides)
-    cfg.preset = f"{cfg.preset}-adapted"
-    return cfg
 
 
 def cmd_eval(args) -> int:

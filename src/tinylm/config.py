@@ -1,11 +1,16 @@
 """Typed run configuration. Presets are small YAML files under presets/ that set some fields.
 
-A run's resolved configuration is saved as `tinylm.yaml` in its run directory, so every later
-command (eval, complete, generate, serve) knows exactly what was trained.
+Every field says beside it what it allows (`setting(default, at_least=..., choices=...)`), and
+each section's `check()` adds the rules that tie fields together (n_heads dividing d_model,
+min_len <= max_len). `RunConfig.from_dict` is the one way in, from a preset, a YAML file, the
+command line or a saved run, and it checks everything, so a bad value is refused with one
+sentence before any work starts. A run's resolved configuration is saved as `tinylm.yaml` in
+its run directory, so every later command knows exactly what was trained.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -16,60 +21,155 @@ import yaml
 
 from tinylm.errors import UserError
 
+AUTO_MICRO_TOKENS = 16_384  # train.micro_batch_tokens=0: at most this many tokens per pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field allows: a number in a range (each end open or closed) or one of a few
+    choices. None passes wherever the field's type allows it."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def allows(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not (
+            (self.at_least is not None and value < self.at_least)
+            or (self.above is not None and value <= self.above)
+            or (self.at_most is not None and value > self.at_most)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        parts = [
+            f"{word} {_num(bound)}"
+            for word, bound in (
+                ("at least", self.at_least),
+                ("more than", self.above),
+                ("at most", self.at_most),
+                ("below", self.below),
+            )
+            if bound is not None
+        ]
+        return " and ".join(parts) or "a finite number"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def setting(default, *, at_least=None, above=None, at_most=None, below=None, choices=()):
+    """A config field with its rule, e.g. `lr: float = setting(3e-3, at_least=0)`."""
+    rule = Rule(at_least, above, at_most, below, tuple(choices))
+    return field(default=default, metadata={"rule": rule})
+
+
+def _check_fields(section, prefix: str) -> None:
+    for f in fields(section):
+        rule, value = f.metadata.get("rule"), getattr(section, f.name)
+        if value is None or isinstance(value, bool) or rule is None:
+            continue
+        if not rule.allows(value):
+            shown = f"'{value}'" if isinstance(value, str) else _num(value)
+            finite = "a finite number, " if isinstance(value, float) and not math.isfinite(value) else ""  # fmt: skip
+            raise UserError(f"{prefix}{f.name} is {shown}; it must be {finite}{rule.describe()}.")
+
 
 @dataclass
 class DataConfig:
     source: str = "words"  # "words" (NLTK / web2), a file, a folder, a glob, or hf:NAME
-    kind: str = "words"  # "words": one word a line; "text": documents
-    min_len: int = 3  # words: shortest word kept
-    max_len: int = 15  # words: longest word kept
-    val_fraction: float = 0.02  # share held out for validation (early stopping)
-    test_fraction: float = 0.05  # share held out for `tinylm eval`
+    kind: str = setting("words", choices=("words", "text"))  # words: one a line; text: documents
+    min_len: int = setting(3, at_least=1)  # words: shortest word kept
+    max_len: int = setting(15, at_least=1)  # words: longest word kept
+    val_fraction: float = setting(0.02, at_least=0, below=1)  # held out for early stopping
+    test_fraction: float = setting(0.05, at_least=0, below=1)  # held out for `tinylm eval`
     hf_split: str = "train"  # hf: which split of the dataset
     text_field: str = "text"  # jsonl / parquet / hf: which field holds the document
+
+    def check(self) -> None:
+        if not self.source.strip():
+            raise UserError(
+                "data.source is empty; give words, a file, a folder, a glob or hf:NAME."
+            )
+        if self.min_len > self.max_len:
+            raise UserError(f"data.min_len is {self.min_len}, more than data.max_len ({self.max_len}); it must be at most max_len.")  # fmt: skip
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserError(f"data.val_fraction + data.test_fraction is {self.val_fraction + self.test_fraction:g}; together they must be below 1.")  # fmt: skip
 
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "char"  # char | word | bpe
-    vocab_size: int = 0  # word / bpe: entries including special tokens; char: from the data
+    kind: str = setting("char", choices=("char", "word", "bpe"))
+    # word / bpe: entries including special tokens (0: 10,000 / 4,096); char: 0, from the data
+    vocab_size: int = setting(0, at_least=0)
+
+    def check(self) -> None:
+        least = {"char": None, "word": 3, "bpe": 257}[self.kind]
+        if self.vocab_size and least is None:
+            raise UserError(f"tokenizer.vocab_size is {self.vocab_size}; a char tokenizer takes its vocabulary from the data, so it must be 0.")  # fmt: skip
+        if self.vocab_size and self.vocab_size < least:
+            why = "its 256 bytes and <|endoftext|>" if self.kind == "bpe" else "<UNK>, <EOS> and a word"  # fmt: skip
+            raise UserError(f"tokenizer.vocab_size is {self.vocab_size}; a {self.kind} tokenizer needs at least {least} ({why}), or 0 for the default.")  # fmt: skip
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "decoder"  # decoder (rotary, RMSNorm, SwiGLU, tied) | seq2seq (HF BERT2BERT)
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 512
-    context_length: int = 16  # words: set from max_len
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    # decoder (rotary, RMSNorm, SwiGLU, tied) | seq2seq (HF BERT2BERT)
+    arch: str = setting("decoder", choices=("decoder", "seq2seq"))
+    d_model: int = setting(128, at_least=1)
+    n_layers: int = setting(4, at_least=1)
+    n_heads: int = setting(4, at_least=1)  # must divide d_model (decoder: into even head sizes)
+    d_ff: int = setting(512, at_least=1)
+    context_length: int = setting(16, at_least=1)  # words: set from data.max_len
+    dropout: float = setting(0.0, at_least=0, below=1)
+    rope_theta: float = setting(10000.0, above=0)
+    norm_eps: float = setting(1e-5, above=0)
     causal: bool = True  # False: every token also sees those after it (the text notebook's bug)
+
+    def check(self) -> None:
+        even = self.arch == "decoder"  # rotary positions rotate pairs of dimensions
+        ok = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and not (even and (self.d_model // h) % 2)]  # fmt: skip
+        if self.n_heads not in ok:
+            size = "heads of an even size" if even else "equal heads"
+            raise UserError(f"model.n_heads is {self.n_heads}; it must split model.d_model ({self.d_model}) into {size}: one of {', '.join(map(str, ok[:12])) or 'none (make d_model even)'}.")  # fmt: skip
 
 
 @dataclass
 class TrainConfig:
-    time: float | None = 300.0  # seconds of training (evaluation excluded); None: no limit
-    max_steps: int | None = None  # optimizer steps; None: no limit
-    batch_tokens: int = 4096  # target tokens per optimizer step
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.0  # final learning rate as a share of lr
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | wsd | constant
-    cooldown: float = 0.2  # wsd: share of the budget spent decaying to zero
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 250  # steps between validations (and checkpoints)
-    eval_max_tokens: int = 100_000  # cap on validation tokens per evaluation
-    patience: int = 8  # validations without improvement before stopping early
-    seed: int = 1337
-    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware has it)
+    time: float | None = setting(300.0, above=0)  # seconds (validation excluded); None: no limit
+    max_steps: int | None = setting(None, at_least=1)  # optimizer steps; None: no limit
+    # tokens per optimizer step, all ranks and micro-batches together (text: a multiple of
+    # model.context_length x ranks)
+    batch_tokens: int = setting(4096, at_least=1)
+    # tokens per forward/backward pass; gradients add up over the passes of a step. 0: the whole
+    # per-rank batch in one pass up to 16,384 tokens, else the fewest equal passes under that.
+    # Text: a multiple of model.context_length that divides the per-rank batch.
+    micro_batch_tokens: int = setting(0, at_least=0)
+    lr: float = setting(3e-3, at_least=0)  # peak learning rate
+    min_lr_ratio: float = setting(0.0, at_least=0, at_most=1)  # final lr as a share of lr
+    warmup_steps: int = setting(100, at_least=0)
+    schedule: str = setting("cosine", choices=("cosine", "linear", "wsd", "constant"))
+    cooldown: float = setting(0.2, above=0, at_most=1)  # wsd: share of the budget spent decaying
+    weight_decay: float = setting(0.1, at_least=0)
+    beta1: float = setting(0.9, at_least=0, below=1)
+    beta2: float = setting(0.95, at_least=0, below=1)
+    grad_clip: float = setting(1.0, at_least=0)  # 0: no clipping
+    eval_every: int = setting(250, at_least=1)  # steps between validations (and checkpoints)
+    eval_max_tokens: int = setting(100_000, at_least=1)  # validation tokens per evaluation
+    patience: int = setting(8, at_least=1)  # validations without improvement, then stop
+    seed: int = setting(1337, at_least=0)
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 where native
     compile: bool = False  # torch.compile the model
-    log_every: int = 25  # steps between training-loss lines in metrics.jsonl
+    log_every: int = setting(25, at_least=1)  # steps between training-loss lines in metrics.jsonl
 
 
 @dataclass
@@ -80,6 +180,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: list[str] = field(default_factory=list)  # prefixes / prompts shown after training
+    init_from: str | None = None  # the run whose weights this one started from (--init-from)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,16 +188,63 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         cfg = _build(cls, d, "")
-        for name, value, allowed in (
-            ("data.kind", cfg.data.kind, ("words", "text")),
-            ("tokenizer.kind", cfg.tokenizer.kind, ("char", "word", "bpe")),
-            ("model.arch", cfg.model.arch, ("decoder", "seq2seq")),
-            ("train.schedule", cfg.train.schedule, ("cosine", "linear", "wsd", "constant")),
-            ("train.precision", cfg.train.precision, ("auto", "fp32", "bf16")),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name} is '{value}'; choose one of {', '.join(allowed)}.")
+        cfg.check()
         return cfg
+
+    def check(self) -> None:
+        """Every field's rule, each section's own rules, then those across sections (and what
+        follows from them: a word model's context is its longest word plus one). The batch's
+        division over ranks is checked when training starts (`batch_split`)."""
+        for name, section in self.sections().items():
+            _check_fields(section, f"{name}.")
+            if hasattr(section, "check"):
+                section.check()
+        if self.model.arch == "seq2seq" and self.data.kind != "words":
+            raise UserError("model.arch is seq2seq, which completes words; it needs data.kind words.")  # fmt: skip
+        if (self.data.kind == "words") != (self.tokenizer.kind == "char"):
+            raise UserError(f"tokenizer.kind is {self.tokenizer.kind}; data.kind {self.data.kind} needs {'char' if self.data.kind == 'words' else 'word or bpe'}.")  # fmt: skip
+        if self.data.kind == "words":
+            self.model.context_length = self.data.max_len + 1  # <sos> word, or word <eos>
+
+    def batch_split(self, world_size: int = 1) -> tuple[int, int]:
+        """(tokens per rank, tokens per micro-batch) for a step of `train.batch_tokens` tokens
+        over `world_size` ranks. Text windows divide exactly or are refused; word batches hold
+        whole words, so theirs are targets to come close to."""
+        t, ctx = self.train, self.model.context_length
+        if t.batch_tokens < world_size:
+            raise UserError(f"train.batch_tokens is {t.batch_tokens}; it must be at least one token per rank ({world_size}).")  # fmt: skip
+        per_rank = t.batch_tokens // world_size
+        if self.data.kind != "text":
+            return per_rank, min(per_rank, t.micro_batch_tokens or AUTO_MICRO_TOKENS)
+        if t.batch_tokens % (ctx * world_size):
+            ranks = f" x {world_size} ranks" if world_size > 1 else ""
+            raise UserError(f"train.batch_tokens is {t.batch_tokens}; for text it must be a multiple of model.context_length ({ctx}){ranks}, e.g. {max(1, round(t.batch_tokens / (ctx * world_size))) * ctx * world_size}.")  # fmt: skip
+        rows = per_rank // ctx
+        if t.micro_batch_tokens == 0:
+            n = next(n for n in range(1, rows + 1) if rows % n == 0 and rows // n * ctx <= AUTO_MICRO_TOKENS or n == rows)  # fmt: skip
+            return per_rank, per_rank // n
+        micro = min(t.micro_batch_tokens, per_rank)
+        if micro % ctx or per_rank % micro:
+            raise UserError(f"train.micro_batch_tokens is {t.micro_batch_tokens}; for text it must be a multiple of model.context_length ({ctx}) that divides the {per_rank} tokens of each rank's batch.")  # fmt: skip
+        return per_rank, micro
+
+    def sections(self) -> dict:
+        return {name: getattr(self, name) for name in _SECTIONS}
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """The dotted names of the fields where `other` differs from this config."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for key in a:
+            if isinstance(a[key], dict):
+                out += [f"{key}.{k}" for k in a[key] if a[key][k] != b[key][k]]
+            elif a[key] != b[key]:
+                out.append(key)
+        return out
+
+    def value(self, dotted: str):
+        section, _, name = dotted.rpartition(".")
+        return getattr(getattr(self, section) if section else self, name)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -113,18 +261,22 @@ def _build(cls, d: dict, prefix: str):
     kwargs = {}
     for key, value in d.items():
         if key not in known:
-            raise UserError(f"Unknown setting '{prefix}{key}'; known: {', '.join(known)}.")
+            where = f"{prefix[:-1]} has" if prefix else "known sections and settings:"
+            raise UserError(f"Unknown setting '{prefix}{key}'; {where} {', '.join(known)}.")
         sub = _SECTIONS.get(key) if cls is RunConfig else None
         if sub is not None:
             if not isinstance(value, dict):
                 raise UserError(f"Setting '{prefix}{key}' must be a mapping of its fields.")
             kwargs[key] = _build(sub, value, f"{key}.")
         else:
-            kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+            kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", known[key])
     return cls(**kwargs)
 
 
-def _coerce(value, hint, name: str):
+_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list"}  # fmt: skip
+
+
+def _coerce(value, hint, name: str, f):
     """Check a value against its field's type; accept '3e-4' (a YAML string) for a float."""
     kinds = {t for t in (int, float, bool, str, list) if t.__name__ in str(hint)}
     if value is None and "None" in str(hint):
@@ -141,8 +293,14 @@ def _coerce(value, hint, name: str):
     if isinstance(value, bool) and bool not in kinds:
         kinds = set()
     if not any(isinstance(value, k) for k in kinds):
-        want = " or ".join(sorted(k.__name__ for k in kinds)) or str(hint)
-        raise UserError(f"Setting '{name}' must be {want}, not {value!r}.")
+        want = " or ".join(_KIND_WORDS[k] for k in (int, float, bool, str, list) if k in kinds)
+        rule = f.metadata.get("rule")
+        if rule and not rule.choices:
+            want += f", {rule.describe()}"
+        if "None" in str(hint):
+            want += ", or null"
+        shown = f"'{value}'" if isinstance(value, str) else repr(value)
+        raise UserError(f"{name} is {shown}; it must be {want or hint}.")
     return value
 
 
@@ -159,21 +317,30 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name_or_path: str) -> RunConfig:
-    """A preset by name (presets/NAME.yaml) or a YAML file of the user's."""
+def preset_text(name_or_path: str) -> tuple[str, str]:
+    """(YAML text, preset name) of a preset by name (presets/NAME.yaml) or a user's YAML file."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")):
         if not path.is_file():
             raise UserError(f"Config file {path} does not exist.")
-        text, name = path.read_text(), path.stem
-    else:
-        if name_or_path not in preset_names():
-            raise UserError(
-                f"Unknown preset '{name_or_path}'; choose one of: {', '.join(preset_names())}."
-            )
-        text = (resources.files("tinylm") / "presets" / f"{name_or_path}.yaml").read_text()
-        name = name_or_path
-    d = yaml.safe_load(text) or {}
+        return path.read_text(), path.stem
+    if name_or_path not in preset_names():
+        raise UserError(
+            f"Unknown preset '{name_or_path}'; choose one of: {', '.join(preset_names())}."
+        )
+    return (
+        resources.files("tinylm") / "presets" / f"{name_or_path}.yaml"
+    ).read_text(), name_or_path
+
+
+def load_preset(name_or_path: str) -> RunConfig:
+    text, name = preset_text(name_or_path)
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{name_or_path} is not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{name_or_path} must hold a mapping of sections (data:, model:, train: ...).")  # fmt: skip
     d.setdefault("preset", name)
     return RunConfig.from_dict(d)
 
@@ -190,9 +357,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise UserError(
                 f"Unknown section '{section}' in '{item}'; known: {', '.join(_SECTIONS)}."
             )
-        if key not in {f.name for f in fields(_SECTIONS[section])}:
-            raise UserError(f"Unknown setting '{section}.{key}'.")
-        d[section][key] = yaml.safe_load(raw)
+        known = [f.name for f in fields(_SECTIONS[section])]
+        if key not in known:
+            raise UserError(f"Unknown setting '{section}.{key}'; {section} has {', '.join(known)}.")
+        try:
+            d[section][key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            d[section][key] = raw  # the type check names the field and what it takes
     return RunConfig.from_dict(d)
 
 

@@ -9,11 +9,38 @@ from contextlib import nullcontext
 
 import torch
 
+from tinylm.errors import UserError
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The one place that decides where to compute. auto: a CUDA GPU, else Apple's MPS, else
+    the CPU; otherwise the device named, refused in one sentence where it is not available."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or name != name.strip():
+        raise UserError(f"Unknown device '{name}'; choose {DEVICES}.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"  # fmt: skip
+            raise UserError(f"--device {name}: CUDA is not available ({why}); use --device cpu or auto.")  # fmt: skip
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1}).")  # fmt: skip
+    if device.type == "mps" and not _mps_available():
+        raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto.")  # fmt: skip
+    return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -24,6 +51,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "mps":
+        return None  # fp32: bf16 autocast on MPS is neither complete nor faster everywhere
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
@@ -49,4 +78,21 @@ def compile_unavailable(device: torch.device) -> str | None:
             return "no C++ compiler found (torch.compile needs one on a CPU)"
     elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
         return "Triton is not installed (torch.compile needs it on a GPU)"
+    elif device.type == "mps":
+        return "torch.compile is not used on MPS (its support there is experimental)"
     return None
+
+
+def use_tensor_cores(device: torch.device, precision: str) -> None:
+    """On a GPU under precision auto, let fp32 matmuls use TF32 tensor cores (as nanoGPT does);
+    precision fp32 keeps full fp32."""
+    if device.type == "cuda" and precision == "auto":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on the device; to a GPU from pinned memory, without waiting for the copy."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}

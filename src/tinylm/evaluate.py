@@ -291,10 +291,10 @@ def _evaluate_words_run(loaded, data, samples, seed) -> dict:
 
 
 def _evaluate_text_run(run, cfg, model, tokenizer, data) -> dict:
-    from tinylm import rundata
+    from tinylm import training_data
     from tinylm.data.text import load_corpus
 
-    corpus, split = rundata.text_split(run, cfg)
+    corpus, split = training_data.text_split(run, cfg)
     if data:
         docs = load_corpus(data, cfg.data.text_field, cfg.data.hf_split).documents
     else:
@@ -303,7 +303,7 @@ def _evaluate_text_run(run, cfg, model, tokenizer, data) -> dict:
             raise UserError(
                 f"{run.path} has no test documents (data.test_fraction was 0); pass --data SRC."
             )
-    counts = rundata.train_token_counts(cfg, corpus, split, tokenizer)
+    counts = training_data.train_token_counts(cfg, corpus, split, tokenizer)
     return evaluate_text(
         model, tokenizer, docs, context=cfg.model.context_length, unigram_counts=counts
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinylm import atomic
+
 X_AXES = {"tokens": "tokens seen", "time": "training seconds", "step": "optimizer step"}
 
 
@@ -39,14 +41,16 @@ def plot_losses(curves: list[tuple[str, list[dict]]], out: Path, x: str = "token
     ax.set_ylabel("cross-entropy (nats per token)")
     ax.set_title("training (thin) and validation (thick) loss")
     ax.grid(alpha=0.3)
-    if curves:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    kind = out.suffix.lstrip(".").lower()
+    kind = kind if kind in fig.canvas.get_supported_filetypes() else "png"
+    try:
+        atomic.atomic_write(out, lambda tmp: fig.savefig(tmp, format=kind))
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -26,7 +26,7 @@ img{max-width:100%}.warn{background:#fde8e8;border:1px solid #e99;padding:.8rem}
 
 
 def write_report(loaded: LoadedRun, out: Path) -> Path:
-    from tinylm.runs import write_text
+    from tinylm.atomic import write_text
 
     sections = [
         ("configuration", "Configuration and parameters", _configuration(loaded)),
@@ -128,10 +128,10 @@ def _accuracy(loaded: LoadedRun) -> str:
 def accuracy_by_position(loaded: LoadedRun, docs: int = 200, buckets: int = 8):
     """Top-1 accuracy by position in the context, on the first window of test documents:
     how much a token's prediction gains from the history before it."""
-    from tinylm import rundata
+    from tinylm import training_data
     from tinylm.inference.scoring import score
 
-    corpus, split = rundata.text_split(loaded.run, loaded.cfg)
+    corpus, split = training_data.text_split(loaded.run, loaded.cfg)
     texts = [corpus.documents[i] for i in split["test"][:docs]]
     ctx, tok = loaded.cfg.model.context_length, loaded.tokenizer
     sequences = [[tok.bos_id, *ids][: ctx + 1] for ids in tok.encode_batch(texts)]

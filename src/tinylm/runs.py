@@ -4,82 +4,38 @@
       tinylm.yaml            resolved configuration
       tokenizer.json         tokenizer (Hugging Face format) + tokenizer_config.json
       config.json            model config (Hugging Face format)
-      model.safetensors      best weights so far (Hugging Face layout)
-      checkpoint.safetensors last training state for --resume (weights, optimizer, RNG, step)
+      model.safetensors      best weights so far (Hugging Face layout, weights.py)
+      checkpoint.safetensors last training state for --resume (checkpoints.py)
       metrics.jsonl          one JSON object per logged step / validation
       loss.png               training and validation loss
       split/                 the data split (word lists, or a record of the document split)
       eval.json, samples.txt written by `tinylm eval`
 
-Every file is written atomically (temporary file, fsync, rename): a crash mid-save leaves the
-previous version in place. Nothing here is pickled.
+A new run directory is built in a hidden folder beside its final place and renamed there in
+one step, with a first checkpoint (step 0) inside: a run directory either holds everything
+`--resume` needs or does not exist. Every file in it is replaced atomically (atomic.py) except
+metrics.jsonl, which grows a line at a time: a line cut by a crash is skipped when read, and
+`--resume` rewrites the log up to its checkpoint. Nothing here is pickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from tinylm import atomic, checkpoints, weights
 from tinylm.config import RunConfig
 from tinylm.errors import UserError
-from tinylm.models import Seq2Seq, build_model
-from tinylm.models.decoder import hf_config
 from tinylm.tokenizer import Tokenizer
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then swap it in with one rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        os.chmod(tmp, FILE_MODE)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def state_tensors(model: torch.nn.Module) -> tuple[dict, dict]:
-    """The state dict with shared tensors stored once; returns (tensors, aliases)."""
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            tensors[name] = t.detach().contiguous()
-    return tensors, aliases
+# Files the trainer writes through atomic.py; their leftover temporaries are its to remove.
+OWN_FILES = ("tinylm.yaml", "tokenizer", "config.json", "model.safetensors", "checkpoint", "metrics.jsonl", "loss.png", "generation_config.json", ".save-")  # fmt: skip
 
 
 class Run:
@@ -113,13 +69,27 @@ class Run:
 
     # --- creating and opening
     @classmethod
-    def create(cls, path: Path, cfg: RunConfig, tokenizer: Tokenizer) -> Run:
-        run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.split_dir.mkdir(exist_ok=True)
-        run.save_config(cfg)
-        tokenizer.save(run.path, model_max_length=cfg.model.context_length)
+    def stage(cls, out: Path) -> Run:
+        """A new run, built in a hidden folder beside `out` until `commit` renames it there."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_stages(out)
+        tmp = tempfile.mkdtemp(prefix=f".{out.name}.creating-{os.getpid()}-", dir=out.parent)
+        run = cls(tmp)
+        run.split_dir.mkdir()
+        run.final_path = out
         return run
+
+    def commit(self) -> Run:
+        """Put a staged run in its place with one rename (onto nothing, or an empty folder)."""
+        atomic.fsync(self.split_dir)  # every file in it was flushed as it was written
+        atomic.fsync(self.path)
+        os.replace(self.path, self.final_path)
+        atomic.fsync(self.final_path.parent)
+        return Run(self.final_path)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def open(cls, path: Path) -> Run:
@@ -130,116 +100,59 @@ class Run:
             raise UserError(f"{run.path} is not a tinylm run directory (it has no tinylm.yaml).")
         return run
 
-    def exists(self) -> bool:
-        return self.config_path.is_file()
+    def remove_temporaries(self) -> None:
+        """What a killed trainer left half-written (never anything another command writes)."""
+        for p in self.path.iterdir():
+            if p.name.startswith(tuple(f".{n}" for n in OWN_FILES)) and p.name.endswith(".tmp"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     # --- config and tokenizer
     def save_config(self, cfg: RunConfig) -> None:
-        write_text(self.config_path, cfg.to_yaml())
+        atomic.write_text(self.config_path, cfg.to_yaml())
 
     def config(self) -> RunConfig:
         try:
             return RunConfig.load(self.config_path)
-        except UserError:
-            raise
+        except UserError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
         except Exception as e:
-            raise UserError(f"{self.config_path} is unreadable ({e}).") from None
+            raise UserError(f"{self.config_path} is unreadable ({_first_line(e)}).") from None
+
+    def save_tokenizer(self, tokenizer: Tokenizer, cfg: RunConfig) -> None:
+        length = cfg.model.context_length
+        atomic.replace_files(self.path, lambda tmp: tokenizer.save(tmp, model_max_length=length))
 
     def tokenizer(self, cfg: RunConfig | None = None) -> Tokenizer:
         cfg = cfg or self.config()
         return Tokenizer.load(self.path, cfg.tokenizer.kind)
 
-    # --- weights
+    # --- weights (weights.py)
     def save_weights(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
         """The model in the Hugging Face layout: config.json + model.safetensors."""
-        if isinstance(model, Seq2Seq):
-            with tempfile.TemporaryDirectory(dir=self.path, prefix=".save-") as tmp:
-                model.hf.save_pretrained(tmp)
-                for name in os.listdir(tmp):  # each rename is atomic
-                    os.replace(Path(tmp) / name, self.path / name)
-            return
-        tensors = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        atomic_write(self.weights_path, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
-        tok = tokenizer
-        config = hf_config(model.cfg, model.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
-        write_text(self.path / "config.json", json.dumps(config, indent=2) + "\n")
+        weights.save(self.path, model, tokenizer)
 
     def load_model(self, cfg: RunConfig | None = None, tokenizer: Tokenizer | None = None):
         """The best weights, ready for evaluation (eval mode, CPU)."""
         cfg = cfg or self.config()
-        tokenizer = tokenizer or self.tokenizer(cfg)
-        if not self.weights_path.is_file():
-            raise UserError(f"{self.path} has no trained weights yet (no model.safetensors).")
-        try:
-            if cfg.model.arch == "seq2seq":
-                model = Seq2Seq.from_folder(self.path)
-            else:
-                model = build_model(cfg.model, tokenizer)
-                result = model.load_state_dict(load_file(self.weights_path), strict=False)
-                missing = set(result.missing_keys) - {"lm_head.weight"}  # tied to the embedding
-                if missing or result.unexpected_keys:
-                    bad = sorted(missing) + sorted(result.unexpected_keys)
-                    raise ValueError(f"names not matching the model: {', '.join(bad[:3])}")
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise UserError(
-                f"The weights in {self.path} are unreadable ({_first_line(e)})."
-            ) from None
-        return model.eval()
+        return weights.load(self.path, cfg, tokenizer or self.tokenizer(cfg))
 
     # --- checkpoints for --resume
-    def save_checkpoint(self, model, optimizer, meta: dict) -> None:
-        tensors, aliases = state_tensors(model)
-        tensors = {f"model.{k}": v for k, v in tensors.items()}
-        opt = optimizer.state_dict()
-        for pid, state in opt["state"].items():
-            for k, v in state.items():
-                t = v if torch.is_tensor(v) else torch.tensor(v)
-                tensors[f"optim.{pid}.{k}"] = t.detach().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        header = {
-            "meta": meta,
-            "aliases": aliases,
-            "param_groups": opt["param_groups"],
-        }
-        metadata = {"tinylm": json.dumps(header)}
-        atomic_write(self.checkpoint_path, lambda tmp: save_file(tensors, tmp, metadata))
+    def save_checkpoint(self, model, optimizer, meta: dict, rng=None) -> None:
+        checkpoints.save(self.checkpoint_path, model, optimizer, meta, rng)
 
-    def load_checkpoint(self, model, optimizer) -> dict:
-        """Restore model, optimizer and RNG in place; return the saved meta."""
-        path = self.checkpoint_path
-        if not path.is_file():
-            raise UserError(f"{self.path} has no checkpoint to resume from.")
-        try:
-            tensors = load_file(path)
-            from safetensors import safe_open
-
-            with safe_open(path, "pt") as f:
-                header = json.loads(f.metadata()["tinylm"])
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-            raise UserError(f"The checkpoint {path} is unreadable ({_first_line(e)}).") from None
-        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        for name, target in header["aliases"].items():
-            state[name] = state[target]
-        model.load_state_dict(state)
-        opt_state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": opt_state, "param_groups": header["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        return header["meta"]
+    def load_checkpoint(self, model, optimizer):
+        """Restore model and optimizer in place; return (meta, {rank: RNG states})."""
+        return checkpoints.load(self.checkpoint_path, model, optimizer)
 
     # --- the data split
     def save_split(self, name: str, items: list[str]) -> None:
-        write_text(self.split_dir / f"{name}.txt", "".join(f"{x}\n" for x in items))
+        atomic.write_text(self.split_dir / f"{name}.txt", "".join(f"{x}\n" for x in items))
 
     def read_split(self, name: str) -> list[str]:
         path = self.split_dir / f"{name}.txt"
         if not path.is_file():
             raise UserError(f"{self.path} has no {name} split (split/{name}.txt is missing).")
-        return path.read_text().splitlines()
+        return path.read_text().split("\n")[:-1]
 
     # --- metrics
     def log(self, record: dict) -> None:
@@ -250,30 +163,46 @@ class Run:
         if not self.metrics_path.is_file():
             return []
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self.metrics_path.read_text().split("\n"):
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash
+            except json.JSONDecodeError:  # a line cut by a crash, or the empty last one
                 continue
         return out
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop what was logged after the checkpoint: it is about to be redone."""
+        if not self.metrics_path.exists():
+            return
         kept = [r for r in self.metrics() if r.get("step", 0) <= after_step]
-        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_json(self, name: str, data) -> Path:
         path = self.path / name
-        write_text(path, json.dumps(data, indent=2) + "\n")
+        atomic.write_text(path, json.dumps(data, indent=2) + "\n")
         return path
 
     def read_json(self, name: str):
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def copy_tokenizer_from(self, other: Run) -> None:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copyfile(other.path / name, self.path / name)
+
+def _remove_abandoned_stages(out: Path) -> None:
+    """Staging folders of `out` whose creator is gone (killed while creating the run)."""
+    for p in out.parent.glob(f".{out.name}.creating-*"):
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.creating-(\d+)-.*", p.name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _first_line(e: Exception) -> str:

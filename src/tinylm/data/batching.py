@@ -2,7 +2,8 @@
 
 The batch for a training step is a pure function of (seed, step, rank): resuming at step N
 replays exactly the batches an uninterrupted run would have seen, and ranks of a distributed run
-see different batches without talking to each other.
+see different batches without talking to each other. A rank's batch may then be cut into
+micro-batches (`micro_batches`) whose gradients add up to the batch's.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ class WordBatches:
             -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
         )
         self._plan_epoch, self._plan = -1, []
-
-    @property
-    def n_words(self) -> int:
-        return sum(len(rows) for rows in self.buckets.values())
 
     def _epoch_plan(self, epoch: int) -> list[torch.Tensor]:
         if epoch != self._plan_epoch:
@@ -92,6 +89,17 @@ class WordBatches:
             "decoder_input_ids": pad([[tok.bos_id, *w] for w in words], tok.pad_id),
             "targets": pad(labels, IGNORE),
         }
+
+
+def micro_batches(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """Cut a batch into consecutive micro-batches of whole rows, each of at most `max_tokens`
+    target positions (at least one row). Text windows divide exactly (RunConfig.batch_split)."""
+    rows, width = batch["targets"].shape
+    per = max(1, max_tokens // width)
+    if per >= rows:
+        return [batch]
+    pieces = {k: v.split(per) for k, v in batch.items()}
+    return [dict(zip(pieces, part, strict=True)) for part in zip(*pieces.values(), strict=True)]
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:

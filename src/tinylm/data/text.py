@@ -94,7 +94,9 @@ def _read_file(path: Path, data: bytes, field: str) -> list[str]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON ({e}).") from None
     else:
-        for n, line in enumerate(text.splitlines(), 1):
+        # Newlines only: str.splitlines() also cuts at U+2028, U+2029 and U+0085, which a
+        # JSON string may hold unescaped.
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
