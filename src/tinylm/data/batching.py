@@ -14,6 +14,10 @@ import numpy as np
 import torch
 
 IGNORE = -100
+# seq2seq: the share of words read with an empty prefix, the decoder predicting every letter;
+# the rest split at a uniform point. Half and half learnt faster than splits alone (0.05 bits
+# of validation M1 at 500 steps, bench/README.md).
+WHOLE_WORDS = 0.5
 
 
 class WordBatches:
@@ -22,8 +26,8 @@ class WordBatches:
     Each batch holds about `batch_tokens` targets. For the decoder a word is `<sos> w <eos>`.
     For seq2seq the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> w` as well
     and predicts only the rest of the word and `<eos>` (labels -100 over the prefix), so it
-    sees the letters it continues, as the decoder-only model does. The prefix length is drawn
-    at random, 0 included, so whole words are learnt too.
+    sees the letters it continues, as the decoder-only model does. Half the words are read
+    whole (an empty prefix), the others split at a random point.
     """
 
     def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int, arch: str):
@@ -55,7 +59,9 @@ class WordBatches:
         letters = self._epoch_plan(epoch)[i]
         if self.arch == "seq2seq":
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            split = torch.randint(0, letters.shape[1], (len(letters),), generator=g).tolist()
+            split = torch.randint(0, letters.shape[1], (len(letters),), generator=g)
+            whole = torch.rand(len(letters), generator=g) < WHOLE_WORDS
+            split = split.masked_fill(whole, 0).tolist()
             return self.seq2seq_batch(letters.tolist(), split)
         return self.decoder_batch(letters)
 
