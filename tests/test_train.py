@@ -79,8 +79,10 @@ def final_weights(run: Run) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(run.checkpoint_path).items() if k.startswith("model.")}
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, words_file):
-    extra = ["train.eval_every=20", "model.dropout=0.1"]  # dropout: the RNG state must resume too
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, words_file, optimizer):
+    # dropout: the RNG state must resume too; muon: two optimizers' states in one checkpoint
+    extra = ["train.eval_every=20", "model.dropout=0.1", f"train.optimizer={optimizer}"]
     cfg = tiny_config(data=words_file, steps=60, extra=extra)
     whole, summary = train_run(cfg, tmp_path / "whole", show_progress=False)
     assert summary["step"] == 60
@@ -287,3 +289,20 @@ def test_the_global_batch_is_split_exactly_over_ranks_and_micro_batches():
         cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 512, micro
         with pytest.raises(UserError):
             cfg.batch_split(world)
+
+
+def test_muon_orthogonalizes_the_hidden_matrices_and_adamw_the_rest(words_file, tmp_path):
+    from tinylm.train import MuonAdamW
+
+    cfg = tiny_config(data=words_file, steps=40, extra=["train.optimizer=muon"])
+    run, summary = train_run(cfg, tmp_path / "m", show_progress=False)
+    first = next(r["loss"] for r in run.metrics() if "loss" in r)  # steps 1-10
+    assert summary["best_val"] < first - 0.3  # it learns
+    model = run.load_model()
+    opt = MuonAdamW(model, cfg.train)
+    muon, adamw = opt.parts
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon and all(n.endswith("proj.weight") for n in in_muon)
+    assert "model.embed_tokens.weight" not in in_muon
+    assert len(opt.param_groups) == len(muon.param_groups) + len(adamw.param_groups)

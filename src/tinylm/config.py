@@ -160,6 +160,9 @@ class TrainConfig:
     schedule: str = setting("cosine", choices=("cosine", "linear", "wsd", "constant"))
     cooldown: float = setting(0.2, above=0, at_most=1)  # wsd: share of the budget spent decaying
     weight_decay: float = setting(0.1, at_least=0)
+    # adamw: AdamW for every weight; muon: Muon for the hidden matrices (attention and
+    # feed-forward), AdamW for embeddings, norms and biases (the nanoGPT speedruns' recipe)
+    optimizer: str = setting("adamw", choices=("adamw", "muon"))
     beta1: float = setting(0.9, at_least=0, below=1)
     beta2: float = setting(0.95, at_least=0, below=1)
     grad_clip: float = setting(1.0, at_least=0)  # 0: no clipping
