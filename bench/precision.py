@@ -19,8 +19,8 @@ from tinylm.data.batching import WordBatches
 from tinylm.data.words import load_words
 from tinylm.device import autocast
 from tinylm.models import build_model
+from tinylm.optim import make_optimizer
 from tinylm.tokenizer import build_char
-from tinylm.train import make_optimizer
 
 WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
 

@@ -23,8 +23,8 @@ from tinylm.data.batching import WordBatches
 from tinylm.data.words import load_words
 from tinylm.device import autocast, autocast_dtype, pick_device, to_device
 from tinylm.models import build_model
+from tinylm.optim import param_groups
 from tinylm.tokenizer import build_char
-from tinylm.train import param_groups
 
 WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
 

@@ -60,7 +60,7 @@ def test_choices_are_checked():
 
 def test_learning_rate_schedules():
     from tinylm.config import TrainConfig
-    from tinylm.train import learning_rate
+    from tinylm.optim import learning_rate
 
     cfg = TrainConfig(lr=1.0, warmup_steps=10, schedule="wsd", cooldown=0.2)
     assert learning_rate(cfg, 0, 0.0) == pytest.approx(0.1)  # warming up

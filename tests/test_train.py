@@ -292,7 +292,7 @@ def test_the_global_batch_is_split_exactly_over_ranks_and_micro_batches():
 
 
 def test_muon_orthogonalizes_the_hidden_matrices_and_adamw_the_rest(words_file, tmp_path):
-    from tinylm.train import MuonAdamW
+    from tinylm.optim import MuonAdamW
 
     cfg = tiny_config(data=words_file, steps=40, extra=["train.optimizer=muon"])
     run, summary = train_run(cfg, tmp_path / "m", show_progress=False)

@@ -1,7 +1,7 @@
 """The training loop: one loop for every model and every data set.
 
 `fit` reads top to bottom like nanoGPT's train.py: set the learning rate, take the step's batch,
-accumulate its gradients over micro-batches, clip, step AdamW, count, log, validate and save a
+accumulate its gradients over micro-batches, clip, step the optimizer (optim.py), count, log, validate and save a
 checkpoint every `eval_every` steps, stop on the budget, early stopping or Ctrl-C. What each of
 those does in detail lives in the helpers beside it. Ctrl-C stops after the current step and
 saves a checkpoint; a second Ctrl-C stops at once.
@@ -34,6 +34,7 @@ from tinylm.device import (
 from tinylm.errors import UserError
 from tinylm.launch import check_out, keep_all_but_budget
 from tinylm.models import build_model
+from tinylm.optim import learning_rate, make_optimizer
 from tinylm.plots import plot_losses
 from tinylm.progress import Progress, StopRequest
 from tinylm.runs import Run
@@ -138,23 +139,6 @@ def forward_backward(ddp, step_model, batch, micro_tokens: int, device, dtype):
     return loss_sum, total
 
 
-def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup, then a decay over the budget's progress: cosine, linear, wsd (constant,
-    then linear to the end over the last `cooldown` share), or constant."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = min(max(progress, 0.0), 1.0)
-    if cfg.schedule == "constant":
-        f = 1.0
-    elif cfg.schedule == "linear":
-        f = 1.0 - p
-    elif cfg.schedule == "wsd":
-        f = min(1.0, (1.0 - p) / cfg.cooldown)
-    else:
-        f = 0.5 * (1.0 + math.cos(math.pi * p))
-    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * f)
-
-
 def progress_of(cfg: TrainConfig, state: TrainState) -> float:
     """How much of the budget is spent: the larger of the step and the time share."""
     shares = []
@@ -169,85 +153,6 @@ def budget_spent(cfg: TrainConfig, state: TrainState) -> bool:
     return bool(
         (cfg.max_steps and state.step >= cfg.max_steps) or (cfg.time and state.elapsed >= cfg.time)
     )
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not on norms or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    if cfg.optimizer == "muon":
-        return MuonAdamW(model, cfg)
-    return adamw(param_groups(model, cfg.weight_decay), cfg)
-
-
-def adamw(groups, cfg: TrainConfig) -> torch.optim.AdamW:
-    try:  # the fused kernel takes a step in one pass: ~3x faster updates on CPU (bench/step.py)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-
-
-def hidden_matrix(name: str, p: torch.Tensor) -> bool:
-    """The matrices Muon orthogonalizes: inside the blocks, not the embeddings or the head."""
-    return p.dim() == 2 and not any(k in name for k in ("embed", "lm_head", "cls.", "pooler"))
-
-
-class MuonAdamW:
-    """torch's Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer.
-    Muon's learning rate is scaled to AdamW's update size ("match_rms_adamw"), so one
-    `train.lr` serves both. Its state_dict numbers the parameters Muon's first, then AdamW's."""
-
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        hidden = [p for n, p in named if hidden_matrix(n, p)]
-        ids = {id(p) for p in hidden}
-        rest = [p for _, p in named if id(p) not in ids]
-        muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                adjust_lr_fn="match_rms_adamw")  # fmt: skip
-        decay = [p for p in rest if p.dim() >= 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
-        self.parts = [muon, adamw(groups, cfg)]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for o in self.parts for g in o.param_groups]
-
-    def step(self) -> None:
-        for o in self.parts:
-            o.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.parts:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        state, groups, offset = {}, [], 0
-        for o in self.parts:
-            sd = o.state_dict()
-            state.update({pid + offset: v for pid, v in sd["state"].items()})
-            groups += [{**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]]  # fmt: skip
-            offset += sum(len(g["params"]) for g in sd["param_groups"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, sd: dict) -> None:
-        start, offset = 0, 0
-        for o in self.parts:
-            n_groups = len(o.param_groups)
-            groups = sd["param_groups"][start : start + n_groups]
-            n = sum(len(g["params"]) for g in groups)
-            state = {
-                pid - offset: v for pid, v in sd["state"].items() if offset <= pid < offset + n
-            }
-            groups = [{**g, "params": [pid - offset for pid in g["params"]]} for g in groups]
-            o.load_state_dict({"state": state, "param_groups": groups})
-            start, offset = start + n_groups, offset + n
 
 
 def prepare_model(model, cfg: TrainConfig, device, env):
