@@ -140,6 +140,14 @@ def quantile(values: list[float], q: float):
     return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
 
 
+def peak_rss_mb(pid: int) -> int:
+    """The server's peak resident memory so far (VmHWM, Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return -1
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", type=Path, help="run to serve (default: train a small one)")
@@ -169,6 +177,7 @@ def main() -> None:
             time.sleep(0.2)
         params = httpx.get(base + "/v1/models").json()["data"][0]["parameters"]
         stats, elapsed = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens, mix))
+        server_rss_mb = peak_rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -182,6 +191,7 @@ def main() -> None:
                 "clients": args.clients,
                 "seconds": round(elapsed, 1),
                 "mix": {k: round(v, 2) for k, v in mix.items()},
+                "server_peak_rss_mb": server_rss_mb,
                 "requests_per_s": round(requests / elapsed, 2),
                 "tokens_per_s": round(stats["tokens"] / elapsed, 1),
                 "scored_tokens_per_s": round(stats["scored_tokens"] / elapsed, 1),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -100,6 +101,7 @@ def main() -> None:
                 "train_tokens_per_s": round(summary["unit_per_s"]),
                 "generate_tokens_per_s": round(generation_speed(loaded), 1),
                 "wall_seconds": round(wall, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "run": str(run.path),
             }
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main() -> None:
                 "top5_ms_p50": round(statistics.median(top5_ms), 2),
                 "top5_ms_p99": round(statistics.quantiles(top5_ms, n=100)[98], 2),
                 "test_words": result["words"],
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "run": str(run.path),
             }
         )
