@@ -174,11 +174,8 @@ def next_logits_decoder(model: Decoder, histories: list[list[int]]) -> torch.Ten
 def _pad(rows: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and their attention mask."""
     width = max(map(len, rows))
-    x = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        x[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    x = torch.tensor([r + [value] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     return x.to(device), mask.to(device)
 
 

@@ -79,13 +79,20 @@ def likeliest_words(
             open_ = []  # nothing left that could matter
             continue
         expanded += len(nodes)
-        logp = next_logp([list(ids) for _, ids in nodes])
-        for (cost, ids), row in zip(nodes, logp.tolist(), strict=True):
+        logp = next_logp([list(ids) for _, ids in nodes]).double()
+        costs = torch.tensor([cost for cost, _ in nodes], dtype=torch.float64)
+        for (_, ids), end in zip(nodes, (costs - logp[:, eos]).tolist(), strict=True):
             if len(ids) >= too_short:
-                heapq.heappush(done, (cost - row[eos], ids))
-            if len(ids) < letters_left:
-                for i in letters:
-                    heapq.heappush(open_, (cost - row[i], (*ids, i)))
+                heapq.heappush(done, (end, ids))
+        # Children no better than the word that now completes the list can never enter it.
+        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+        child = costs[:, None] - logp[:, letters]
+        growing = torch.tensor([len(ids) < letters_left for _, ids in nodes])
+        rows, cols = torch.nonzero((child <= bound) & growing[:, None], as_tuple=True)
+        for r, c, cost in zip(
+            rows.tolist(), cols.tolist(), child[rows, cols].tolist(), strict=True
+        ):
+            heapq.heappush(open_, (cost, (*nodes[r][1], letters[c])))
     return Suggestions(prefix, found, exact=len(found) == k or not open_)
 
 
