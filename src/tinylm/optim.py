@@ -28,8 +28,11 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)
+
+
+def decay_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict]:
     """Weight decay on matrices only (not on norms or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -66,10 +69,7 @@ class MuonAdamW:
         rest = [p for _, p in named if id(p) not in ids]
         muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 adjust_lr_fn="match_rms_adamw")  # fmt: skip
-        decay = [p for p in rest if p.dim() >= 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
-        self.parts = [muon, adamw(groups, cfg)]
+        self.parts = [muon, adamw(decay_groups(rest, cfg.weight_decay), cfg)]
 
     @property
     def param_groups(self) -> list[dict]:

@@ -71,7 +71,7 @@ def likeliest_words(
         # Expand a batch of the best open continuations, none worse than the finished word
         # that would complete the list (it could never enter it).
         need = k - len(found)
-        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+        bound = _cost_to_beat(done, need)
         nodes = []
         while open_ and len(nodes) < batch and open_[0][0] <= bound:
             nodes.append(heapq.heappop(open_))
@@ -85,7 +85,7 @@ def likeliest_words(
             if len(ids) >= too_short:
                 heapq.heappush(done, (end, ids))
         # Children no better than the word that now completes the list can never enter it.
-        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+        bound = _cost_to_beat(done, need)
         child = costs[:, None] - logp[:, letters]
         growing = torch.tensor([len(ids) < letters_left for _, ids in nodes])
         rows, cols = torch.nonzero((child <= bound) & growing[:, None], as_tuple=True)
@@ -94,6 +94,11 @@ def likeliest_words(
         ):
             heapq.heappush(open_, (cost, (*nodes[r][1], letters[c])))
     return Suggestions(prefix, found, exact=len(found) == k or not open_)
+
+
+def _cost_to_beat(done: list, need: int) -> float:
+    """The cost of the finished word that would complete the list: worse can never enter it."""
+    return heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
 
 
 def _scorer(model, prompt: Prompt):
