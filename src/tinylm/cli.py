@@ -307,17 +307,9 @@ def cmd_chat(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from tinylm.plots import plot_losses
-    from tinylm.runs import Run
+    from tinylm.show import plot_runs
 
-    curves = []
-    for path in args.runs:
-        run = Run.open(path)
-        records = run.metrics()
-        if not records:
-            raise UserError(f"{path} has no metrics yet (metrics.jsonl is empty).")
-        curves.append((str(path), records))
-    print(plot_losses(curves, args.output, x=args.x))
+    print(plot_runs(args.runs, args.output, x=args.x))
     return 0
 
 

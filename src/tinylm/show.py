@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+from tinylm.errors import UserError
 from tinylm.inference import LoadedRun, Sampling, load
 
 DEMO_TEMPERATURES = (0.5, 1.0, 1.5)
@@ -115,3 +116,17 @@ def print_tokens(tokens, as_json: bool) -> None:
         print(f"{t.id:>7}  {t.piece or '(end)'!r:<16} {t.bits:6.2f} bits{mark}")
     total = sum(t.bits for t in tokens)
     print(f"{len(tokens)} tokens, {total:.2f} bits in all ({total / len(tokens):.3f} per token)")
+
+
+def plot_runs(paths, out, x: str = "tokens"):
+    """The loss curves of several runs in one picture."""
+    from tinylm.plots import plot_losses
+    from tinylm.runs import Run
+
+    curves = []
+    for path in paths:
+        records = Run.open(path).metrics()
+        if not records:
+            raise UserError(f"{path} has no metrics yet (metrics.jsonl is empty).")
+        curves.append((str(path), records))
+    return plot_losses(curves, out, x=x)

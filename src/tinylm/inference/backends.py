@@ -103,7 +103,7 @@ class CachedDecoder:
             tokens[job.row], start[job.row] = job.history[-1], job.length
         x = torch.tensor(tokens, device=self.device)[:, None]
         slots = CacheSlots(torch.tensor(start, device=self.device), max(start) + 1)
-        logits = self.model(x, cache=self.cache.head(n), slots=slots).logits[:, -1]
+        logits = self.model(x, cache=self.cache.span(0, n), slots=slots).logits[:, -1]
         for job in jobs:
             job.length += 1
         rows = torch.tensor([job.row for job in jobs], device=self.device)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from tinylm.inference.backends import next_logits_decoder, next_logits_seq2seq
+from tinylm.models import Decoder
+from tinylm.models.decoder import CacheSlots
 from tinylm.tasks import Prompt, WordTask
 
 
@@ -37,7 +39,7 @@ class Suggestions:
     exact: bool
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def likeliest_words(
     model,
     task: WordTask,
@@ -45,7 +47,7 @@ def likeliest_words(
     k: int = 5,
     *,
     max_letters: int | None = None,
-    batch: int = 64,
+    batch: int = 128,
     max_expansions: int = 4096,
 ) -> Suggestions:
     """The k most probable words that complete `prefix` (at most `max_letters` letters in
@@ -56,7 +58,7 @@ def likeliest_words(
     eos = task.tokenizer.eos_id
     letters = [i for i in range(task.tokenizer.vocab_size) if i not in task.banned and i != eos]
     next_logp = _scorer(model, prompt)
-    open_: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]  # (-log p, ids) still growing
+    open_: list[tuple[float, tuple[int, ...], int]] = [(0.0, (), -1)]  # (-log p, ids, parent row)
     done: list[tuple[float, tuple[int, ...]]] = []  # finished words, not yet given out
     found, expanded = [], 0
     while len(found) < k:
@@ -79,20 +81,21 @@ def likeliest_words(
             open_ = []  # nothing left that could matter
             continue
         expanded += len(nodes)
-        logp = next_logp([list(ids) for _, ids in nodes]).double()
-        costs = torch.tensor([cost for cost, _ in nodes], dtype=torch.float64)
-        for (_, ids), end in zip(nodes, (costs - logp[:, eos]).tolist(), strict=True):
+        logp, rows_of = next_logp([(ids, parent) for _, ids, parent in nodes])
+        logp = logp.double()
+        costs = torch.tensor([cost for cost, _, _ in nodes], dtype=torch.float64)
+        for (_, ids, _), end in zip(nodes, (costs - logp[:, eos]).tolist(), strict=True):
             if len(ids) >= too_short:
                 heapq.heappush(done, (end, ids))
         # Children no better than the word that now completes the list can never enter it.
         bound = _cost_to_beat(done, need)
         child = costs[:, None] - logp[:, letters]
-        growing = torch.tensor([len(ids) < letters_left for _, ids in nodes])
+        growing = torch.tensor([len(ids) < letters_left for _, ids, _ in nodes])
         rows, cols = torch.nonzero((child <= bound) & growing[:, None], as_tuple=True)
         for r, c, cost in zip(
             rows.tolist(), cols.tolist(), child[rows, cols].tolist(), strict=True
         ):
-            heapq.heappush(open_, (cost, (*nodes[r][1], letters[c])))
+            heapq.heappush(open_, (cost, (*nodes[r][1], letters[c]), rows_of[r]))
     return Suggestions(prefix, found, exact=len(found) == k or not open_)
 
 
@@ -102,20 +105,63 @@ def _cost_to_beat(done: list, need: int) -> float:
 
 
 def _scorer(model, prompt: Prompt):
-    """log p(next token | prompt + continuation) for a batch of continuations."""
-    if prompt.encoder is None:
+    """log p(next token | prompt + continuation) for a batch of (continuation, parent row)."""
+    if prompt.encoder is None and model.cfg.causal:
+        return _CacheTree(model, prompt.ids)
+    if prompt.encoder is None:  # without a causal mask every position sees the whole word
 
-        def decoder(continuations):
-            histories = [prompt.ids + c for c in continuations]
-            return next_logits_decoder(model, histories).log_softmax(dim=-1)
+        def plain(nodes):
+            rows = [next_logits_decoder(model, [prompt.ids + list(ids)]) for ids, _ in nodes]
+            return torch.cat(rows).log_softmax(-1), [-1] * len(nodes)
 
-        return decoder
+        return plain
     device = next(model.parameters()).device
     x = torch.tensor([prompt.encoder], device=device)
     states = model.hf.get_encoder()(input_ids=x).last_hidden_state[0]  # once per prefix
 
-    def seq2seq(continuations):
-        histories = [prompt.ids + c for c in continuations]
-        return next_logits_seq2seq(model, [states] * len(histories), histories).log_softmax(-1)
+    def seq2seq(nodes):
+        histories = [prompt.ids + list(ids) for ids, _ in nodes]
+        logp = next_logits_seq2seq(model, [states] * len(histories), histories).log_softmax(-1)
+        return logp, [-1] * len(nodes)
 
     return seq2seq
+
+
+class _CacheTree:
+    """A decoder's keys and values for the whole search tree, one cache row per expanded
+    continuation: the root (the empty continuation) reads the prompt into row 0, and every
+    other continuation copies its parent's row and reads its one new letter on it, instead of
+    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms)."""
+
+    def __init__(self, model: Decoder, prompt: list[int]):
+        self.model, self.prompt = model, prompt
+        self.device = model.rope_cos.device
+        self.cache, self.used = model.new_cache(1), 0
+
+    def __call__(self, nodes: list[tuple[tuple[int, ...], int]]):
+        """log p(next | prompt + ids) for each (ids, parent row); and the row each now owns."""
+        first = self.used
+        self._reserve(len(nodes))
+        rows = self.cache.span(first, self.used)  # the nodes' own rows, in one block
+        if first == 0:  # the root, alone in the first batch
+            x, start = torch.tensor([self.prompt]), torch.zeros(1, dtype=torch.long)
+        else:
+            parents = torch.tensor([parent for _, parent in nodes], device=self.device)
+            for mine, all_ in zip(rows.k + rows.v, self.cache.k + self.cache.v, strict=True):
+                mine[:] = all_[parents]  # each node starts from its parent's row
+            x = torch.tensor([[ids[-1]] for ids, _ in nodes])
+            start = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes])
+        slots = CacheSlots(start.to(self.device), int(start.max()) + x.shape[1])
+        logits = self.model(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
+        return logits.float().cpu().log_softmax(-1), list(range(first, self.used))
+
+    def _reserve(self, n: int) -> None:
+        """Room for n rows more, doubling when full. New rows are left uninitialized (zeroing
+        them costs more than the search): a row is overwritten by its parent's before anything
+        reads it, so every value read descends from row 0, which starts zeroed."""
+        self.used += n
+        if self.used > self.cache.rows:
+            for tensors in (self.cache.k, self.cache.v):
+                for i, old in enumerate(tensors):
+                    tensors[i] = old.new_empty((2 * self.used, *old.shape[1:]))
+                    tensors[i][: self.used - n] = old[: self.used - n]

@@ -35,11 +35,11 @@ class KVCache:
     def rows(self) -> int:
         return self.k[0].shape[0]
 
-    def head(self, rows: int) -> KVCache:
-        """A cache over the first `rows` rows of this one, sharing its memory."""
+    def span(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 of this one, sharing its memory."""
         view = KVCache.__new__(KVCache)
-        view.k = [t[:rows] for t in self.k]
-        view.v = [t[:rows] for t in self.v]
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
         return view
 
 
