@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig
+from tinylm.device import compile_unavailable
 from tinylm.inference import Engine, Job, Sampling, SamplingError, load
 from tinylm.inference.sampling import GREEDY_BELOW, choose, make_generator
 from tinylm.models import Decoder, Seq2Seq
@@ -59,15 +60,18 @@ def new_job(prompt, max_tokens, temperature=1.0, seed=0, **kw):
     return Job(prompt, max_tokens, Sampling(temperature), make_generator(seed), **kw)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @torch.no_grad()
-def test_engine_logits_equal_a_plain_decoder_with_windows_sliding_while_others_run():
+def test_engine_logits_equal_a_plain_decoder_with_windows_sliding_while_others_run(compile):
+    if compile and (why := compile_unavailable(torch.device("cpu"))):
+        pytest.skip(why)
     torch.manual_seed(0)
     model = Decoder(CFG, VOCAB).eval()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 17, 30, 1)]
     jobs = [new_job(p, 45, seed=i) for i, p in enumerate(prompts[:3])]
     late = [new_job(prompts[3], 30, seed=9)]  # joins while the others run
-    engine = Engine(model, rows=4)
+    engine = Engine(model, rows=4, compile=compile)
     seen, tokens, finish = run_recording_logits(engine, jobs, late)
     for job in [*jobs, *late]:
         assert finish[id(job)] == ("length", None)

@@ -30,15 +30,18 @@ class CachedDecoder:
     whole window at every step, as the notebook did.
 
     Decode steps run rows 0..R-1 of the cache in one batch, R = 1 + the highest row that
-    decodes. A row in that range that does not decode this step (a free row, or a job that
+    decodes (compiled: R = every row, over the whole context, so that a step always has one
+    shape and compiles once). A row in that range that does not decode this step (a free row, or a job that
     was just prefilled) still computes one position: the position its job will write next
     (0 for a free row). Its output is thrown away and whatever it wrote there is overwritten
     before anything reads it, because every row writes position p before it reads it.
     """
 
-    def __init__(self, model: Decoder, rows: int):
+    def __init__(self, model: Decoder, rows: int, compile: bool = False):
         self.model, self.context = model, model.cfg.context_length
         self.cache = model.new_cache(rows)
+        self.compiled = compile
+        self.decode = torch.compile(decode_step, dynamic=False) if compile else decode_step
         self.free = list(range(rows))  # a heap: low rows first keeps decode batches short
         self.jobs: dict[int, object] = {}  # row -> job
         self.reread_always = not model.cfg.causal
@@ -94,7 +97,7 @@ class CachedDecoder:
 
     def _step(self, jobs) -> torch.Tensor:
         """Decode: one new token for each job, at its own position, in one batch."""
-        n = 1 + max(job.row for job in jobs)
+        n = self.cache.rows if self.compiled else 1 + max(job.row for job in jobs)
         tokens, start = [0] * n, [0] * n
         for row, job in self.jobs.items():
             if row < n:  # the position it writes next (a job about to slide: any of its own)
@@ -102,12 +105,18 @@ class CachedDecoder:
         for job in jobs:
             tokens[job.row], start[job.row] = job.history[-1], job.length
         x = torch.tensor(tokens, device=self.device)[:, None]
-        slots = CacheSlots(torch.tensor(start, device=self.device), max(start) + 1)
-        logits = self.model(x, cache=self.cache.span(0, n), slots=slots).logits[:, -1]
+        kv_len = self.context if self.compiled else max(start) + 1
+        cache = self.cache if self.compiled else self.cache.span(0, n)
+        logits = self.decode(self.model, x, cache, torch.tensor(start, device=self.device), kv_len)
         for job in jobs:
             job.length += 1
         rows = torch.tensor([job.row for job in jobs], device=self.device)
         return logits[rows].float().cpu()
+
+
+def decode_step(model: Decoder, x, cache, start: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """One decode step: each row reads its one token at its own position in `start`."""
+    return model(x, cache=cache, slots=CacheSlots(start, kv_len)).logits[:, -1]
 
 
 class EncoderDecoder:
@@ -179,5 +188,8 @@ def _pad(rows: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch
     return x.to(device), mask.to(device)
 
 
-def backend_for(model, rows: int):
-    return EncoderDecoder(model, rows) if isinstance(model, Seq2Seq) else CachedDecoder(model, rows)
+def backend_for(model, rows: int, compile: bool = False):
+    """The backend for this kind of model; `compile` (decoder-only runs) compiles the decode step."""
+    if isinstance(model, Seq2Seq):
+        return EncoderDecoder(model, rows)
+    return CachedDecoder(model, rows, compile)

@@ -61,9 +61,9 @@ class Step:
 
 
 class Engine:
-    def __init__(self, model, rows: int = 1):
+    def __init__(self, model, rows: int = 1, compile: bool = False):
         self.model = model
-        self.backend = backend_for(model, rows)
+        self.backend = backend_for(model, rows, compile)
         self.active: list[Job] = []
 
     def room(self) -> int:
