@@ -7,7 +7,7 @@ from tinylm.errors import UserError
 def test_presets_load_and_round_trip(tmp_path):
     assert {"words", "words-seq2seq"} <= set(preset_names())
     cfg = load_preset("words-seq2seq")
-    assert cfg.model.arch == "seq2seq" and cfg.model.d_model == 256 and cfg.model.n_heads == 8
+    assert cfg.model.arch == "seq2seq" and cfg.model.d_model == 128 and cfg.model.n_heads == 4
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert RunConfig.load(path) == cfg
