@@ -170,7 +170,7 @@ def add_sampling_options(p) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=25)
     p.add_argument("--seed", type=int, help="sampling seed: one seed, one text")
     p.add_argument("--compile", action="store_true", help="compile the decode step: slow to "
-                   "start (~15 s), then ~2.7x the tokens/s (decoder-only runs)")  # fmt: skip
+                   "start (~15 s), then ~3x the tokens/s (decoder-only runs)")  # fmt: skip
     add_device_option(p)
 
 
