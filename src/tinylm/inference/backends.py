@@ -31,9 +31,9 @@ class CachedDecoder:
 
     Decode steps run rows 0..R-1 of the cache in one batch, R = 1 + the highest row that
     decodes (compiled: R = every row, over the whole context, so that a step always has one
-    shape and compiles once). A row in that range that does not decode this step (a free row, or a job that
-    was just prefilled) still computes one position: the position its job will write next
-    (0 for a free row). Its output is thrown away and whatever it wrote there is overwritten
+    shape and compiles once). A row in that range that does not decode this step (a free row,
+    or a job that was just prefilled) still computes one position: the position its job will
+    write next (0 for a free row). Its output is thrown away and whatever it wrote there is overwritten
     before anything reads it, because every row writes position p before it reads it.
     """
 
