@@ -47,6 +47,36 @@ def test_kv_cache_matches_full_forward():
     assert torch.allclose(torch.cat([first, *steps], dim=1), full, atol=1e-5)
 
 
+def test_packed_sequences_give_the_logits_of_each_sequence_alone():
+    """position_ids restarting at 0 pack several sequences in a row: each token's logits are
+    those of its sequence read alone, so no sequence sees another."""
+    torch.manual_seed(0)
+    model = Decoder(CFG, vocab_size=50).eval()
+    lengths = [[5, 9, 1, 3], [12, 4, 6], [24]]  # the first two rows end in padding
+    rows = [torch.randint(0, 50, (sum(r),)) for r in lengths]
+    x = torch.stack([torch.cat([r, torch.zeros(24 - len(r), dtype=torch.long)]) for r in rows])
+    positions = torch.zeros(3, 24, dtype=torch.long)  # padding: each at position 0
+    for b, row in enumerate(lengths):
+        starts = torch.tensor([0, *row]).cumsum(0)
+        for a, n in zip(starts.tolist(), row, strict=False):
+            positions[b, a : a + n] = torch.arange(n)
+    packed = model(x, position_ids=positions).logits
+    for b, row in enumerate(lengths):
+        a = 0
+        for n in row:
+            alone = model(x[b : b + 1, a : a + n]).logits[0]
+            assert (packed[b, a : a + n] - alone).abs().max() <= 1e-5
+            a += n
+    # and the loss over a packed batch is the mean over the sequences' targets
+    t = torch.randint(0, 50, (1, 9))
+    row = torch.cat([x[1:2, :12], x[1:2, :9], torch.zeros(1, 3, dtype=torch.long)], 1)
+    pos = torch.cat([torch.arange(12), torch.arange(9), torch.zeros(3, dtype=torch.long)])[None]
+    targets = torch.cat([x[1:2, 1:13], t, torch.full((1, 3), -100)], 1)
+    apart = torch.cat([model(x[1:2, :12]).logits[0], model(x[1:2, :9]).logits[0]])
+    expected = torch.nn.functional.cross_entropy(apart, targets[0, :21])
+    assert torch.allclose(model(row, targets, position_ids=pos).loss, expected, atol=1e-5)
+
+
 def test_loss_ignores_masked_targets():
     torch.manual_seed(0)
     model = Decoder(CFG, vocab_size=50).eval()

@@ -72,3 +72,39 @@ def test_bad_files_get_one_sentence(tmp_path):
     for path, phrase in cases.items():
         with pytest.raises(UserError, match=phrase):
             load_words(str(path))
+
+
+def test_packed_word_batches_hold_each_word_once_an_epoch_in_one_shape(words_file):
+    """Decoder batches: rows of packed words, all one shape, each word `<sos> w` predicting
+    `w <eos>` at positions 0..len(w); over an epoch every word is read about once."""
+    from collections import Counter
+
+    from tinylm.data.batching import WordBatches
+    from tinylm.tokenizer import build_char
+
+    words = words_file.read_text().split()
+    tok = build_char(words)
+    data = WordBatches(words, tok, 512, seed=3, arch="decoder")
+    seen = Counter()
+    for step in range(data.steps_per_epoch):
+        batch = data.batch(step)
+        assert {k: tuple(v.shape) for k, v in batch.items()} == {
+            k: (data.rows_per_batch, data.row) for k in ("input_ids", "targets", "position_ids")
+        }
+        for x, y, p in zip(
+            batch["input_ids"], batch["targets"], batch["position_ids"], strict=True
+        ):
+            starts = [i for i, v in enumerate(p.tolist()) if v == 0 and y[i] != -100]
+            for a in starts:
+                n = next((i for i in range(a + 1, len(p)) if p[i] == 0), len(p)) - a
+                assert x[a] == tok.bos_id and y[a + n - 1] == tok.eos_id
+                assert p[a : a + n].tolist() == list(range(n))
+                assert x[a + 1 : a + n].tolist() == y[a : a + n - 1].tolist()
+                seen[tok.decode(y[a : a + n - 1].tolist())] += 1
+    assert set(seen) <= set(words)
+    assert len(seen) >= 0.99 * len(words) and max(seen.values()) <= 2
+    filled = sum(len(w) + 1 for w in seen.elements())
+    assert filled / (data.steps_per_epoch * data.rows_per_batch * data.row) >= 0.9
+    assert data.batch(5)["input_ids"].equal(
+        WordBatches(words, tok, 512, 3, "decoder").batch(5)["input_ids"]
+    )

@@ -21,49 +21,83 @@ WHOLE_WORDS = 0.5
 
 
 class WordBatches:
-    """Words grouped by length, so a batch holds words of one length and carries no padding.
+    """Training batches of words for both architectures, and evaluation batches of every word.
 
-    Each batch holds about `batch_tokens` targets. For the decoder a word is `<sos> w <eos>`.
+    For the decoder a word is `<sos> w` predicting `w <eos>`, and training words are packed:
+    rows of `row` positions (twice the longest word) each hold several words one after another
+    (best fit among the last few rows still open: about 95 % of the positions are letters),
+    with `position_ids` restarting at 0 for each word, so a word sees only its own letters
+    (Decoder.forward) and the model learns exactly what it would from the words one a row.
+    Every batch then has the same shape: one compile, and fewer, longer rows than batches of
+    words of one length (bench/README.md, "packing").
+
     For seq2seq the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> w` as well
     and predicts only the rest of the word and `<eos>` (labels -100 over the prefix), so it
     sees the letters it continues, as the decoder-only model does. Half the words are read
-    whole (an empty prefix), the others split at a random point.
+    whole (an empty prefix), the others split at a random point. Its batches, and every
+    evaluation batch, hold words of one length and carry no padding.
     """
 
     def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int, arch: str):
         self.tok, self.arch, self.seed = tokenizer, arch, seed
+        self.words = tokenizer.encode_batch(words)
         by_len: dict[int, list[list[int]]] = {}
-        for ids in tokenizer.encode_batch(words):
+        for ids in self.words:
             by_len.setdefault(len(ids), []).append(ids)
         self.buckets = {n: torch.tensor(rows) for n, rows in sorted(by_len.items())}
         self.batch_sizes = {n: max(1, batch_tokens // (n + 1)) for n in self.buckets}
-        self.steps_per_epoch = sum(
-            -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
-        )
         self._plan_epoch, self._plan = -1, []
+        if arch == "decoder":
+            self.row = 2 * (max(self.buckets) + 1)
+            self.rows_per_batch = max(1, batch_tokens // self.row)
+            rows = pack(self._lengths(), self.row)  # as many as an epoch packs, within 0.1 %
+            self.steps_per_epoch = max(1, len(rows) // self.rows_per_batch)
+        else:
+            self.steps_per_epoch = sum(
+                -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
+            )
 
-    def _epoch_plan(self, epoch: int) -> list[torch.Tensor]:
+    def _lengths(self, order=None) -> list[int]:
+        """Positions each word takes in a packed row: `<sos>` and its letters."""
+        return [len(self.words[i]) + 1 for i in order or range(len(self.words))]
+
+    def _epoch_plan(self, epoch: int) -> list:
+        """The epoch's batches (seq2seq: tensors of words) or packed rows (decoder: lists of
+        word indices), shuffled with a generator seeded by (seed, epoch)."""
         if epoch != self._plan_epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            chunks = []
-            for n, rows in self.buckets.items():
-                shuffled = rows[torch.randperm(len(rows), generator=g)]
-                chunks.extend(shuffled.split(self.batch_sizes[n]))
-            order = torch.randperm(len(chunks), generator=g).tolist()
-            self._plan, self._plan_epoch = [chunks[i] for i in order], epoch
+            if self.arch == "decoder":
+                # An epoch is steps_per_epoch batches: the rows one packing more or fewer
+                # than that are dropped, or made up from its first rows (a few words).
+                order = torch.randperm(len(self.words), generator=g).tolist()
+                rows = [[order[j] for j in row] for row in pack(self._lengths(order), self.row)]
+                need = self.steps_per_epoch * self.rows_per_batch
+                self._plan = (rows + rows[: max(0, need - len(rows))])[:need]
+            else:
+                chunks = []
+                for n, rows in self.buckets.items():
+                    shuffled = rows[torch.randperm(len(rows), generator=g)]
+                    chunks.extend(shuffled.split(self.batch_sizes[n]))
+                order = torch.randperm(len(chunks), generator=g).tolist()
+                self._plan = [chunks[i] for i in order]
+            self._plan_epoch = epoch
         return self._plan
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         index = step * world_size + rank
         epoch, i = divmod(index, self.steps_per_epoch)
-        letters = self._epoch_plan(epoch)[i]
-        if self.arch == "seq2seq":
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            split = torch.randint(0, letters.shape[1], (len(letters),), generator=g)
-            whole = torch.rand(len(letters), generator=g) < WHOLE_WORDS
-            split = split.masked_fill(whole, 0).tolist()
-            return self.seq2seq_batch(letters.tolist(), split)
-        return self.decoder_batch(letters)
+        plan = self._epoch_plan(epoch)
+        if self.arch == "decoder":
+            n = self.rows_per_batch
+            return self.packed_batch(
+                [[self.words[w] for w in row] for row in plan[i * n : (i + 1) * n]]
+            )
+        letters = plan[i]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        split = torch.randint(0, letters.shape[1], (len(letters),), generator=g)
+        whole = torch.rand(len(letters), generator=g) < WHOLE_WORDS
+        split = split.masked_fill(whole, 0).tolist()
+        return self.seq2seq_batch(letters.tolist(), split)
 
     def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Every word once, in a fixed order; seq2seq reads an empty prefix (the whole word is
@@ -82,6 +116,28 @@ class WordBatches:
         return {
             "input_ids": torch.cat([sos, letters], dim=1),
             "targets": torch.cat([letters, eos], dim=1),
+        }
+
+    def packed_batch(self, rows: list[list[list[int]]]) -> dict[str, torch.Tensor]:
+        """Rows of words packed one after another, each `<sos> w` predicting `w <eos>`; the
+        rest of a row is padding (`<eos>` inputs, ignored targets, each at position 0: a
+        sequence of one token, that sees only itself)."""
+        bos, eos = self.tok.bos_id, self.tok.eos_id
+        inputs, targets, positions = [], [], []
+        for words in rows:
+            x, y, p = [], [], []
+            for w in words:
+                x += [bos, *w]
+                y += [*w, eos]
+                p += range(len(w) + 1)
+            pad = self.row - len(x)
+            inputs.append(x + [eos] * pad)
+            targets.append(y + [IGNORE] * pad)
+            positions.append(p + [0] * pad)
+        return {
+            "input_ids": torch.tensor(inputs),
+            "targets": torch.tensor(targets),
+            "position_ids": torch.tensor(positions),
         }
 
     def seq2seq_batch(self, words: list[list[int]], split: list[int]) -> dict[str, torch.Tensor]:
@@ -106,6 +162,31 @@ def micro_batches(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[
         return [batch]
     pieces = {k: v.split(per) for k, v in batch.items()}
     return [dict(zip(pieces, part, strict=True)) for part in zip(*pieces.values(), strict=True)]
+
+
+def pack(lengths: list[int], width: int, window: int = 8) -> list[list[int]]:
+    """Indices of the items, in rows of at most `width` positions: each item goes to the
+    fullest of the last `window` open rows that has room for it, or opens a new row."""
+    open_: list[list] = []  # [room, indices]
+    rows: list[list[int]] = []
+    shortest = min(lengths, default=1)
+    for i, n in enumerate(lengths):
+        best = None
+        for r in open_:
+            if n <= r[0] and (best is None or r[0] < best[0]):
+                best = r
+        if best is None:
+            best = [width, []]
+            open_.append(best)
+            if len(open_) > window:
+                rows.append(open_.pop(0)[1])
+        best[0] -= n
+        best[1].append(i)
+        if best[0] < shortest:  # full: make way for a new row
+            open_.remove(best)
+            rows.append(best[1])
+    rows.extend(r[1] for r in open_)
+    return rows
 
 
 def pad(rows: list[list[int]], value: int) -> torch.Tensor:

@@ -189,11 +189,15 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         slots: CacheSlots | None = None,
         attention: list | None = None,
+        position_ids: torch.Tensor | None = None,
     ):
         """Logits for every position; with `targets` (aligned to the logits, -100 = ignore) the
         mean cross-entropy as well.
 
         Without a cache the T tokens are positions 0..T-1 of each sequence (training, scoring).
+        With `position_ids` (B, T) a row holds several sequences packed one after another,
+        each counting its positions from 0: a token sees only the earlier tokens of its own
+        sequence, as in Hugging Face's packed batches (training on words).
         With a cache and `slots`, row b's tokens sit at positions slots.start[b] onwards of its
         cache row and see that row up to themselves (generation: prefill and decode steps of
         many sequences at different lengths in one batch). With `attention` (a list), each
@@ -201,7 +205,14 @@ class Decoder(nn.Module):
         """
         B, T = input_ids.shape
         mask = None
-        if cache is None:
+        if position_ids is not None:
+            cos = self.rope_cos[position_ids][:, None]  # (B, 1, T, head_dim)
+            sin = self.rope_sin[position_ids][:, None]
+            sequence = (position_ids == 0).cumsum(-1)  # which sequence of its row a token is in
+            same = sequence[:, :, None] == sequence[:, None, :]
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            mask = (same & causal)[:, None]  # (B, 1, T, T)
+        elif cache is None:
             if T > self.cfg.context_length:
                 raise ValueError(
                     f"sequence of {T} tokens exceeds the context of {self.cfg.context_length}"
