@@ -25,11 +25,11 @@ class WordBatches:
 
     For the decoder a word is `<sos> w` predicting `w <eos>`, and training words are packed:
     rows of `row` positions (twice the longest word) each hold several words one after another
-    (best fit among the last few rows still open: about 95 % of the positions are letters),
+    (best fit among the last few rows still open: about 94 % of the positions are letters),
     with `position_ids` restarting at 0 for each word, so a word sees only its own letters
     (Decoder.forward) and the model learns exactly what it would from the words one a row.
     Every batch then has the same shape: one compile, and fewer, longer rows than batches of
-    words of one length (bench/README.md, "packing").
+    words of one length (bench/README.md: rows of packed words).
 
     For seq2seq the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> w` as well
     and predicts only the rest of the word and `<eos>` (labels -100 over the prefix), so it
@@ -67,8 +67,8 @@ class WordBatches:
         if epoch != self._plan_epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             if self.arch == "decoder":
-                # An epoch is steps_per_epoch batches: the rows one packing more or fewer
-                # than that are dropped, or made up from its first rows (a few words).
+                # An epoch is always steps_per_epoch batches: rows its packing has beyond
+                # those are dropped, rows it lacks are taken again from its start (a few words).
                 order = torch.randperm(len(self.words), generator=g).tolist()
                 rows = [[order[j] for j in row] for row in pack(self._lengths(order), self.row)]
                 need = self.steps_per_epoch * self.rows_per_batch
