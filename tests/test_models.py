@@ -95,21 +95,27 @@ def test_parameter_breakdown_counts_tied_weights_once():
     assert parts["embeddings"] == 50 * 32 and "output head" not in parts
 
 
-def test_same_logits_as_transformers_llama(tmp_path):
-    """The decoder is Llama: stock transformers loads the weights and computes the same."""
+@pytest.mark.parametrize(
+    "variant", [{}, {"activation": "relu2"}, {"qk_norm": True, "activation": "relu2"}]
+)
+def test_same_logits_as_transformers(tmp_path, variant):
+    """The decoder is Llama (Qwen3 with QK-norm): stock transformers loads the weights and
+    computes the same."""
     from safetensors.torch import save_file
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = Decoder(CFG, vocab_size=50).eval()
+    cfg = ModelConfig(**{**CFG.__dict__, **variant})
+    model = Decoder(cfg, vocab_size=50).eval()
     with torch.no_grad():  # non-trivial norm weights, so a wrong mapping would show
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(sd, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(CFG, 50, 1, 2, 0)))
-    hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, 50, 1, 2, 0)))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == ("Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM")
     x = torch.randint(0, 50, (2, 24))
     with torch.no_grad():
         ours, theirs = model(x).logits, hf(x).logits

@@ -134,6 +134,12 @@ class ModelConfig:
     rope_theta: float = setting(10000.0, above=0)
     norm_eps: float = setting(1e-5, above=0)
     causal: bool = True  # False: every token also sees those after it (the text notebook's bug)
+    # decoder: the gated feed-forward's activation, silu (SwiGLU, Llama's) or relu2 (ReLU
+    # squared, the nanoGPT speedruns'); Hugging Face's `hidden_act` of the same name
+    activation: str = setting("silu", choices=("silu", "relu2"))
+    # decoder: RMSNorm on each head's queries and keys before the rotation (the speedruns' QK-norm);
+    # saved as Qwen3ForCausalLM, which is Llama with these two norms
+    qk_norm: bool = False
 
     def check(self) -> None:
         even = self.arch == "decoder"  # rotary positions rotate pairs of dimensions

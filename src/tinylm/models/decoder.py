@@ -1,7 +1,8 @@
 """A decoder-only transformer: rotary positions, RMSNorm, SwiGLU, tied embeddings.
 
 The module names and the math are those of Hugging Face's Llama, so the saved weights load with
-`LlamaForCausalLM` unchanged (see `hf_config`). Everything is in this one file, nanoGPT style.
+`LlamaForCausalLM` unchanged (see `hf_config`); with `qk_norm` they are Qwen3's. Everything is
+in this one file, nanoGPT style.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
         self.dropout = cfg.dropout
         self.causal = cfg.causal
+        self.q_norm = self.k_norm = None
+        if cfg.qk_norm:  # Qwen3's names, so its loader finds them
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
 
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0, slots=None, record=None):
         """`mask` (B or 1, 1, T, S) is True where a query may see a key; None means plainly
@@ -80,6 +85,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -129,9 +136,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.act = F.silu if cfg.activation == "silu" else relu2
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
 
 
 class DecoderLayer(nn.Module):
@@ -247,13 +259,15 @@ class Decoder(nn.Module):
 
 
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id, eos_id, pad_id) -> dict:
-    """The `config.json` under which stock transformers loads these weights as LlamaForCausalLM.
+    """The `config.json` under which stock transformers loads these weights as LlamaForCausalLM
+    (Qwen3ForCausalLM with `qk_norm`: Llama with RMSNorm on each head's queries and keys).
 
     Written by hand so that training never imports transformers (4 s); a test loads it.
     """
+    arch, kind = ("Qwen3ForCausalLM", "qwen3") if cfg.qk_norm else ("LlamaForCausalLM", "llama")
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [arch],
+        "model_type": kind,
         "vocab_size": vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.d_ff,
@@ -261,7 +275,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id, eos_id, pad_id) -> dict
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_heads,
         "head_dim": cfg.d_model // cfg.n_heads,
-        "hidden_act": "silu",
+        "hidden_act": cfg.activation,
         "max_position_embeddings": cfg.context_length,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
