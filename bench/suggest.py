@@ -3,7 +3,12 @@ p99 milliseconds per prefix (the exact best-first search of inference/search.py)
 JSON line, and the top-5 lists of the seven demo prefixes.
 
     python bench/suggest.py --run runs/words          # a trained word run
+    python bench/suggest.py --run runs/words --compile   # the search's waves compiled
     python bench/suggest.py                           # first trains the default words preset (300 s)
+
+With --compile the first search compiles (its seconds are printed as `compile_s`, not counted
+in the percentiles), and each search's words are compared with the eager search's
+(`differ_from_eager` counts the prefixes whose lists differ: only near-ties could).
 
 Target (issue 9): p50 under 20 ms on the 2-core CPU.
 """
@@ -34,19 +39,31 @@ def main() -> None:
     p.add_argument("--run", type=Path, help="a trained word run (default: train one)")
     p.add_argument("--prefixes", type=int, default=300, help="3-letter prefixes to time")
     p.add_argument("--k", type=int, default=5)
+    p.add_argument(
+        "--compile", action="store_true", help="compiled waves (tinylm complete --compile)"
+    )
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     run = args.run or train_default()
     loaded = load(run, "cpu")
     words = [w for w in loaded.run.read_split("val") if len(w) >= 4]
     prefixes = [w[:3] for w in random.Random(0).sample(words, min(args.prefixes, len(words)))]
-    likeliest_words(loaded.model, loaded.task, prefixes[0], args.k)  # warm up
-    times, inexact = [], 0
+
+    def search(prefix):
+        return likeliest_words(loaded.model, loaded.task, prefix, args.k, compile=args.compile)
+
+    t0 = time.perf_counter()
+    search(prefixes[0])  # warm up (and compile)
+    compile_s = time.perf_counter() - t0
+    times, inexact, differ = [], 0, 0
     for prefix in prefixes:
         t0 = time.perf_counter()
-        found = likeliest_words(loaded.model, loaded.task, prefix, args.k)
+        found = search(prefix)
         times.append((time.perf_counter() - t0) * 1000)
         inexact += not found.exact
+        if args.compile:
+            eager = likeliest_words(loaded.model, loaded.task, prefix, args.k)
+            differ += [s.word for s in found.words] != [s.word for s in eager.words]
     demo = {
         prefix: [(s.word, round(s.probability, 4)) for s in
                  likeliest_words(loaded.model, loaded.task, prefix, args.k).words]
@@ -54,9 +71,10 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps({
         "bench": "suggest", "run": str(run), "k": args.k, "prefixes": len(prefixes),
+        "compiled": args.compile, "compile_s": round(compile_s, 1) if args.compile else None,
         "p50_ms": round(statistics.median(times), 2),
         "p99_ms": round(statistics.quantiles(times, n=100)[98], 2),
-        "inexact": inexact, "demo": demo,
+        "inexact": inexact, "differ_from_eager": differ, "demo": demo,
     }))  # fmt: skip
 
 

@@ -192,12 +192,17 @@ def test_seeds_out_of_range_are_refused():
     make_generator(2**64 - 1)
 
 
-@pytest.fixture(scope="module", params=["decoder", "no causal mask", "encoder-decoder"])
+@pytest.fixture(
+    scope="module", params=["decoder", "compiled decoder", "no causal mask", "encoder-decoder"]
+)
 def word_run(request, tiny_run, words_file, tmp_path_factory):
-    """The three ways the search reads a model: a tree of key/value caches (a causal decoder),
-    a full forward per continuation (a decoder without a causal mask) and the encoder-decoder."""
-    if request.param == "decoder":
-        return tiny_run
+    """The ways the search reads a model: a tree of key/value caches (a causal decoder; eager,
+    or in compiled waves of one shape), a full forward per continuation (a decoder without a
+    causal mask) and the encoder-decoder. Returns (run, compile)."""
+    if request.param == "compiled decoder" and (why := compile_unavailable(torch.device("cpu"))):
+        pytest.skip(why)
+    if request.param in ("decoder", "compiled decoder"):
+        return tiny_run, request.param == "compiled decoder"
     from conftest import tiny_config
     from tinylm.train import train_run
 
@@ -206,15 +211,16 @@ def word_run(request, tiny_run, words_file, tmp_path_factory):
         preset, extra = "words-seq2seq", ["model.d_model=32", "model.n_heads=2"]
     cfg = tiny_config(preset, data=words_file, steps=40, extra=extra)
     out = tmp_path_factory.mktemp("runs") / request.param.replace(" ", "-")
-    return train_run(cfg, out, show_progress=False)[0]
+    return train_run(cfg, out, show_progress=False)[0], False
 
 
 def test_likeliest_words_are_exact_and_their_probabilities_are_the_chain_rule(word_run):
     from tinylm.inference.search import likeliest_words
 
+    word_run, compile = word_run
     loaded = load(word_run.path)
     model, task, tok = loaded.model, loaded.task, loaded.tokenizer
-    result = likeliest_words(model, task, "ca", k=5)
+    result = likeliest_words(model, task, "ca", k=5, compile=compile)
     assert result.exact and len(result.words) == 5
     probs = [s.probability for s in result.words]
     assert probs == sorted(probs, reverse=True) and len({s.word for s in result.words}) == 5

@@ -126,7 +126,8 @@ def load(path: Path | str, device: str = "auto", compile: bool = False) -> Loade
     """Open a run directory: its config, tokenizer, best weights (eval mode, on `device`) and
     its task, decided once from the saved config. `compile`: stream() runs a compiled decode
     step (decoder-only runs; it compiles once, in about 15 s for pile-bpe on 2 CPU cores, then
-    makes about 3x the tokens per second: bench/generate.py)."""
+    makes about 3x the tokens per second: bench/generate.py), and callers pass it on to the
+    word search (likeliest_words)."""
     from tinylm.device import compile_unavailable, pick_device
 
     run = Run.open(Path(path))

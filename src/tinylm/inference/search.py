@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -49,15 +50,18 @@ def likeliest_words(
     max_letters: int | None = None,
     batch: int = 128,
     max_expansions: int = 4096,
+    compile: bool = False,
 ) -> Suggestions:
     """The k most probable words that complete `prefix` (at most `max_letters` letters in
-    all, default the run's longest word), best first."""
+    all, default the run's longest word), best first. `compile` (a causal decoder; ignored
+    otherwise): its forward passes run compiled (the first searches of a process compile,
+    ~10-50 s on 2 CPU cores, then a search takes about 0.6 of the time: bench/suggest.py)."""
     prompt = task.prompt(prefix)
     letters_left = (max_letters or task.max_len) - len(prefix)
     too_short = task.cfg.data.min_len - len(prefix)  # no word of the data is shorter
     eos = task.tokenizer.eos_id
     letters = [i for i in range(task.tokenizer.vocab_size) if i not in task.banned and i != eos]
-    next_logp = _scorer(model, prompt)
+    next_logp = _scorer(model, prompt, compile)
     open_: list[tuple[float, tuple[int, ...], int]] = [(0.0, (), -1)]  # (-log p, ids, parent row)
     done: list[tuple[float, tuple[int, ...]]] = []  # finished words, not yet given out
     found, expanded = [], 0
@@ -104,10 +108,10 @@ def _cost_to_beat(done: list, need: int) -> float:
     return heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
 
 
-def _scorer(model, prompt: Prompt):
+def _scorer(model, prompt: Prompt, compile: bool):
     """log p(next token | prompt + continuation) for a batch of (continuation, parent row)."""
     if prompt.encoder is None and model.cfg.causal:
-        return _CacheTree(model, prompt.ids)
+        return _CacheTree(model, prompt.ids, compile)
     if prompt.encoder is None:  # without a causal mask every position sees the whole word
 
         def plain(nodes):
@@ -131,10 +135,16 @@ class _CacheTree:
     """A decoder's keys and values for the whole search tree, one cache row per expanded
     continuation: the root (the empty continuation) reads the prompt into row 0, and every
     other continuation copies its parent's row and reads its one new letter on it, instead of
-    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms)."""
+    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms).
 
-    def __init__(self, model: Decoder, prompt: list[int]):
+    `compile`: the forward pass runs compiled with dynamic shapes (a wave's size and the
+    cache's length vary), so its ~100 small operations become a few fused kernels: about 1.7x
+    faster once compiled. A wave padded to one fixed shape was slower: its padding rows and
+    the copies into the tree cost more than they saved (bench/README.md)."""
+
+    def __init__(self, model: Decoder, prompt: list[int], compile: bool = False):
         self.model, self.prompt = model, prompt
+        self.forward = compiled_dynamic(model) if compile else model
         self.device = model.rope_cos.device
         self.cache, self.used = model.new_cache(1), 0
 
@@ -152,7 +162,7 @@ class _CacheTree:
             x = torch.tensor([[ids[-1]] for ids, _ in nodes])
             start = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes])
         slots = CacheSlots(start.to(self.device), int(start.max()) + x.shape[1])
-        logits = self.model(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
+        logits = self.forward(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
         return logits.float().cpu().log_softmax(-1), list(range(first, self.used))
 
     def _reserve(self, n: int) -> None:
@@ -165,3 +175,14 @@ class _CacheTree:
                 for i, old in enumerate(tensors):
                     tensors[i] = old.new_empty((2 * self.used, *old.shape[1:]))
                     tensors[i][: self.used - n] = old[: self.used - n]
+
+
+_compiled = weakref.WeakKeyDictionary()
+
+
+def compiled_dynamic(model: Decoder):
+    """The model compiled once a process for shapes that vary (torch.compile caches the
+    kernels; this keeps the one wrapper per model)."""
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model, dynamic=True)
+    return _compiled[model]

@@ -36,12 +36,12 @@ def read_api_key(path: Path | None, given: str | None) -> str | None:
 
 def serve(run_path: Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
           api_key: str | None = None, *, device: str = "auto", name: str | None = None,
-          allow_origins: tuple[str, ...] = ()) -> None:  # fmt: skip
+          allow_origins: tuple[str, ...] = (), compile: bool = False) -> None:  # fmt: skip
     import uvicorn
 
     loopback = host.strip("[]") in LOOPBACK
     app = create_app(run_path, limits, api_key, device=device, name=name, loopback_only=loopback,
-                     allow_origins=allow_origins)  # fmt: skip
+                     allow_origins=allow_origins, compile=compile)  # fmt: skip
     if not loopback:
         print(f"tinylm: listening on {host}, reachable from other machines"
               + ("" if api_key else " by anyone (no API key)") + "; there is no TLS.",

@@ -43,13 +43,16 @@ from tinylm.serve.worker import QueueFull, Worker
 class Server:
     """The loaded run, its worker, and the request handlers."""
 
-    def __init__(self, run_path: Path, limits: api.Limits, api_key=None, device="auto", name=None):
-        self.loaded = load(run_path, device)
+    def __init__(self, run_path: Path, limits: api.Limits, api_key=None, device="auto", name=None,
+                 compile=False):  # fmt: skip
+        self.loaded = load(run_path, device, compile)
         self.task, self.limits, self.api_key = self.loaded.task, limits, api_key
         self.name = name or self.loaded.run.path.resolve().name
         self.parameters = param_breakdown(self.loaded.model)["total"]
         self.created = int(time.time())
-        self.worker = Worker(Engine(self.loaded.model, limits.max_active), limits.max_queue)
+        self.worker = Worker(
+            Engine(self.loaded.model, limits.max_active, self.loaded.compile), limits.max_queue
+        )
         self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
         self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
         self.text = not self.task.words  # a text generator (echo, logprobs and chat are its)
@@ -128,7 +131,8 @@ class Server:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
         model, task = self.loaded.model, self.task
         async with self.searching:
-            found = [await asyncio.to_thread(likeliest_words, model, task, p.text, req.n)
+            found = [await asyncio.to_thread(likeliest_words, model, task, p.text, req.n,
+                                             compile=self.loaded.compile)
                      for p in prompts]  # fmt: skip
         choices, letters = [], 0
         for p_index, result in enumerate(found):
@@ -224,8 +228,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | None = None,
                *, device: str = "auto", name: str | None = None, loopback_only: bool = True,
-               allow_origins: tuple[str, ...] = ()) -> Starlette:  # fmt: skip
-    server = Server(run_path, limits or api.Limits(), api_key, device, name)
+               allow_origins: tuple[str, ...] = (), compile: bool = False) -> Starlette:  # fmt: skip
+    server = Server(run_path, limits or api.Limits(), api_key, device, name, compile)
 
     async def not_found(request, exc):
         return api.ApiError(404, f"No route {request.method} {request.url.path}.").response()
