@@ -55,7 +55,7 @@ def likeliest_words(
     """The k most probable words that complete `prefix` (at most `max_letters` letters in
     all, default the run's longest word), best first. `compile` (a causal decoder; ignored
     otherwise): its forward passes run compiled (the first searches of a process compile,
-    ~10-50 s on 2 CPU cores, then a search takes about 0.6 of the time: bench/suggest.py)."""
+    ~10-50 s on 2 CPU cores, then a search takes about two thirds of the time: bench/suggest.py)."""
     prompt = task.prompt(prefix)
     letters_left = (max_letters or task.max_len) - len(prefix)
     too_short = task.cfg.data.min_len - len(prefix)  # no word of the data is shorter
@@ -138,9 +138,10 @@ class _CacheTree:
     re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms).
 
     `compile`: the forward pass runs compiled with dynamic shapes (a wave's size and the
-    cache's length vary), so its ~100 small operations become a few fused kernels: about 1.7x
-    faster once compiled. A wave padded to one fixed shape was slower: its padding rows and
-    the copies into the tree cost more than they saved (bench/README.md)."""
+    cache's length vary), so its ~100 small operations become a few fused kernels: a search
+    takes about two thirds of the time once compiled. A wave padded to one fixed shape was
+    slower: its padding rows and the copies into the tree cost more than they saved
+    (bench/README.md)."""
 
     def __init__(self, model: Decoder, prompt: list[int], compile: bool = False):
         self.model, self.prompt = model, prompt

@@ -36,16 +36,12 @@ class KVCache:
     def rows(self) -> int:
         return self.k[0].shape[0]
 
-    @classmethod
-    def of(cls, k: list[torch.Tensor], v: list[torch.Tensor]) -> KVCache:
-        """A cache over the given tensors (one key and one value tensor a layer)."""
-        cache = cls.__new__(cls)
-        cache.k, cache.v = k, v
-        return cache
-
     def span(self, start: int, stop: int) -> KVCache:
         """A cache over rows start..stop-1 of this one, sharing its memory."""
-        return KVCache.of([t[start:stop] for t in self.k], [t[start:stop] for t in self.v])
+        view = KVCache.__new__(KVCache)
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
+        return view
 
 
 @dataclass
