@@ -100,8 +100,8 @@ def add_use_parsers(sub) -> None:
     c.add_argument("--max-length", type=positive_int, help="longest word, in letters")
     c.add_argument("--seed", type=int, help="sampling seed")
     c.add_argument("--json", action="store_true", help="one JSON object a line")
-    c.add_argument("--compile", action="store_true", help="compile the word search: ~30-45 s to "
-                   "start, then about twice as fast (worth it for many prefixes)")  # fmt: skip
+    c.add_argument("--compile", action="store_true", help="compile the word search: 10-50 s to "
+                   "start, then each search ~1.5x faster (worth it for many prefixes)")  # fmt: skip
     add_device_option(c)
     c.set_defaults(func=cmd_complete)
 
@@ -139,8 +139,8 @@ def add_serve_parser(sub) -> None:
         help="also answer web pages from ORIGIN (e.g. https://example.com; * for any)",
     )  # fmt: skip
     sv.add_argument("--compile", action="store_true", help="compile the decode step and the "
-                    "word search: the first request of each compiles (~15-45 s), later ones "
-                    "run 2-3x faster (decoder-only runs)")  # fmt: skip
+                    "word search: the first request of each compiles (~15-50 s), later ones "
+                    "run faster (text ~3x, suggestions ~1.5x; decoder-only runs)")  # fmt: skip
     add_device_option(sv)
     sv.set_defaults(func=cmd_serve)
 
@@ -175,8 +175,8 @@ def add_sampling_options(p) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=25)
     p.add_argument("--seed", type=int, help="sampling seed: one seed, one text")
     p.add_argument("--compile", action="store_true", help="compile the decode step (complete: "
-                   "the word search): slow to start (~15-45 s), then ~2-3x faster (decoder-only "
-                   "runs)")  # fmt: skip
+                   "the word search): slow to start (~15-50 s), then faster (text ~3x, "
+                   "suggestions ~1.5x; decoder-only runs)")  # fmt: skip
     add_device_option(p)
 
 
