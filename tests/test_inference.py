@@ -197,7 +197,7 @@ def test_seeds_out_of_range_are_refused():
 )
 def word_run(request, tiny_run, words_file, tmp_path_factory):
     """The ways the search reads a model: a tree of key/value caches (a causal decoder; eager,
-    or in compiled waves of one shape), a full forward per continuation (a decoder without a
+    or its forward compiled), a full forward per continuation (a decoder without a
     causal mask) and the encoder-decoder. Returns (run, compile)."""
     if request.param == "compiled decoder" and (why := compile_unavailable(torch.device("cpu"))):
         pytest.skip(why)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -105,7 +106,7 @@ def test_same_logits_as_transformers(tmp_path, variant):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**CFG.__dict__, **variant})
+    cfg = dataclasses.replace(CFG, **variant)
     model = Decoder(cfg, vocab_size=50).eval()
     with torch.no_grad():  # non-trivial norm weights, so a wrong mapping would show
         for name, p in model.named_parameters():

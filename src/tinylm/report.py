@@ -165,14 +165,12 @@ def _attention(loaded: LoadedRun) -> str:
 
 
 def _samples(loaded: LoadedRun) -> str:
-    from tinylm.inference.search import likeliest_words
-
     demo = loaded.cfg.demo or (["fin", "tra", "com"] if loaded.task.words else ["The"])
     parts = []
     if loaded.task.words:
         rows = []
         for prefix in demo:
-            found = likeliest_words(loaded.model, loaded.task, prefix, 5).words
+            found = loaded.likeliest(prefix, 5).words
             cells = ", ".join(f"{html.escape(s.word)} ({s.probability:.1%})" for s in found)
             rows.append(f"<tr><td>{html.escape(prefix)}</td><td>{cells}</td></tr>")
         parts.append(f"<h3>The likeliest words</h3><table>{''.join(rows)}</table>")

@@ -35,10 +35,7 @@ def report(run) -> None:
 
 
 def print_suggestions(loaded, prefixes, k, as_json, max_length=None) -> None:
-    from tinylm.inference.search import likeliest_words
-
-    results = [likeliest_words(loaded.model, loaded.task, p, k, max_letters=max_length,
-                               compile=loaded.compile) for p in prefixes]  # fmt: skip
+    results = [loaded.likeliest(p, k, max_length) for p in prefixes]
     for r in results:
         if as_json:
             for s in r.words:

@@ -33,7 +33,7 @@ class LoadedRun:
     model: torch.nn.Module
     tokenizer: Tokenizer
     task: Task
-    compile: bool = False  # stream() compiles its decode step (engine.py)
+    compile: bool = False  # stream() compiles its decode step, likeliest() its search
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +88,13 @@ class LoadedRun:
                 if piece:
                     yield piece
 
+    def likeliest(self, prefix: str, k: int, max_letters: int | None = None):
+        """The k likeliest words completing `prefix`, best first (inference/search.py)."""
+        from tinylm.inference.search import likeliest_words
+
+        return likeliest_words(self.model, self.task, prefix, k, max_letters=max_letters,
+                               compile=self.compile)  # fmt: skip
+
     def sample(
         self, prompts: list[str], sampling: Sampling, *, n: int = 1, seed=None, max_tokens=None
     ) -> list[Completion]:
@@ -126,8 +133,8 @@ def load(path: Path | str, device: str = "auto", compile: bool = False) -> Loade
     """Open a run directory: its config, tokenizer, best weights (eval mode, on `device`) and
     its task, decided once from the saved config. `compile`: stream() runs a compiled decode
     step (decoder-only runs; it compiles once, in about 15 s for pile-bpe on 2 CPU cores, then
-    makes about 3x the tokens per second: bench/generate.py), and callers pass it on to the
-    word search (likeliest_words)."""
+    makes about 3x the tokens per second: bench/generate.py), and likeliest() runs its search
+    compiled."""
     from tinylm.device import compile_unavailable, pick_device
 
     run = Run.open(Path(path))

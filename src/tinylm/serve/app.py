@@ -30,7 +30,6 @@ from starlette.routing import Route
 
 from tinylm.errors import UserError
 from tinylm.inference import Engine, Step, load
-from tinylm.inference.search import likeliest_words
 from tinylm.models import param_breakdown
 from tinylm.serve import protocol as api
 from tinylm.serve.answers import Answers
@@ -129,10 +128,8 @@ class Server:
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
-        model, task = self.loaded.model, self.task
         async with self.searching:
-            found = [await asyncio.to_thread(likeliest_words, model, task, p.text, req.n,
-                                             compile=self.loaded.compile)
+            found = [await asyncio.to_thread(self.loaded.likeliest, p.text, req.n)
                      for p in prompts]  # fmt: skip
         choices, letters = [], 0
         for p_index, result in enumerate(found):
