@@ -130,3 +130,14 @@ def text_runs(tmp_path_factory, text_file):
         cfg = tiny_config(preset, data=text_file, steps=150, extra=[*TINY_TEXT_MODEL, *extra])
         runs[preset], _ = train_run(cfg, out, show_progress=False)
     return runs
+
+
+@pytest.fixture(scope="module")
+def text_server(text_runs):
+    """The tiny BPE run served live (a module's tests share one server)."""
+    from live_server import LiveServer
+
+    from tinylm.serve import Limits, create_app
+
+    with LiveServer(create_app(text_runs["pile-bpe"].path, Limits(max_tokens=64, max_n=4))) as s:
+        yield s

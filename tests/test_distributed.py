@@ -5,22 +5,17 @@ times in a row: a multi-process test must not fail one time in twenty."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from live_server import free_port
+
 from conftest import TINY_MODEL, TINY_TEXT_MODEL
 
 HERE = Path(__file__).parent
 NOISE = ("Traceback", "terminate called", "gloo", "Gloo", "Aborted")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_args(out, data, steps) -> list[str]:

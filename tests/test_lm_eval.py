@@ -5,7 +5,7 @@ a few local documents (docs/lm-eval.md), once through transformers on the run di
 import json
 
 import pytest
-from test_serve import LiveServer
+from live_server import LiveServer
 
 from conftest import synthetic_documents
 from tinylm.evaluate import evaluate_text

@@ -4,7 +4,7 @@ the answer stream in. Skipped where Chromium or Playwright is missing (.ci/run i
 import shutil
 
 import pytest
-from test_serve import LiveServer, slow_down
+from live_server import LiveServer, slow_down
 
 from tinylm.serve import create_app
 

@@ -1,11 +1,10 @@
 import json
-import socket
 import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
+from live_server import LiveServer, post, slow_down, stream_events, streamed_text
 
 from tinylm.inference import load
 from tinylm.serve import Limits, StopFilter, create_app
@@ -13,68 +12,10 @@ from tinylm.serve import Limits, StopFilter, create_app
 JSON = {"content-type": "application/json"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        self.app, self.port = app, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    @property
-    def engine(self):
-        return self.app.state.server.worker
-
-
-def slow_down(app, seconds: float) -> None:
-    """Make every model call take a while, and no answer end early at end-of-text (unseeded,
-    a tiny model samples it within a few tokens now and then), so tests can see requests in
-    flight."""
-    app.state.server.task.stop_ids = ()
-    model = app.state.server.loaded.model
-    forward = model.forward
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return forward(*args, **kwargs)
-
-    model.forward = slow
-
-
-@pytest.fixture(scope="module")
-def text_server(text_runs):
-    with LiveServer(create_app(text_runs["pile-bpe"].path, Limits(max_tokens=64, max_n=4))) as s:
-        yield s
-
-
 @pytest.fixture(scope="module")
 def word_server(tiny_run):
     with LiveServer(create_app(tiny_run.path)) as s:
         yield s
-
-
-def post(server, body, timeout=30, **kwargs):
-    return httpx.post(f"{server.url}/v1/completions", json=body, timeout=timeout, **kwargs)
 
 
 def test_openai_client_completes_and_streams(text_server):
@@ -281,25 +222,6 @@ def test_stop_filter_holds_back_a_possible_stop_string():
     assert StopFilter([]).push("anything") == "anything"
 
 
-def stream_events(server, body, **kwargs):
-    """The parsed events of a streamed completion (an error event is {"error": ...})."""
-    events = []
-    with httpx.stream("POST", f"{server.url}/v1/completions", json={**body, "stream": True},
-                      timeout=60, **kwargs) as response:  # fmt: skip
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line[6:]))
-    return events
-
-
-def streamed_text(events) -> tuple[str, str]:
-    chunks = [e for e in events if "choices" in e]
-    return "".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0][
-        "finish_reason"
-    ]
-
-
 @pytest.mark.parametrize(
     "field,value",
     [
@@ -500,3 +422,23 @@ def test_model_by_id(text_server):
     card = httpx.get(f"{text_server.url}/v1/models/{name}").json()
     assert card["id"] == name and card["context_length"] == 32
     assert httpx.get(f"{text_server.url}/v1/models/other").status_code == 404
+
+
+def test_serve_compile_compiles_before_the_first_request(tiny_run):
+    """`tinylm serve --compile` compiles while it starts, so no request waits for it."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from tinylm.device import compile_unavailable
+
+    if why := compile_unavailable(torch.device("cpu")):
+        pytest.skip(why)
+    app = create_app(tiny_run.path, compile=True)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > 0
+    with LiveServer(app) as server:
+        for prefix in ("c", "ca", "cat"):
+            assert post(server, {"prompt": prefix, "n": 3, "temperature": 0}).status_code == 200
+        body = {"prompt": "ca", "temperature": 0.8, "max_tokens": 4, "seed": 1}
+        assert post(server, body).status_code == 200
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from test_serve import LiveServer, post, stream_events
+from live_server import LiveServer, post, stream_events
 
 from conftest import synthetic_documents
 from tinylm.inference import Job, Sampling, Step
@@ -20,14 +20,8 @@ from tinylm.serve.scoring import Names, Pieces
 
 
 @pytest.fixture(scope="module")
-def server(text_runs):
-    with LiveServer(create_app(text_runs["pile-bpe"].path, Limits(max_tokens=64, max_n=4))) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def tok(server):
-    return server.app.state.server.loaded.tokenizer
+def tok(text_server):
+    return text_server.app.state.server.loaded.tokenizer
 
 
 def chat(server, body, **kwargs):
@@ -44,10 +38,10 @@ def hf_logprobs(run_path, ids: list[int]) -> torch.Tensor:
     return logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
 
 
-def test_openai_chat_client_plain_streamed_and_with_usage(server):
+def test_openai_chat_client_plain_streamed_and_with_usage(text_server):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    client = OpenAI(base_url=f"{text_server.url}/v1", api_key="unused")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     model = client.models.list().data[0].id
     result = client.chat.completions.create(model=model, messages=messages, max_tokens=12, seed=5)
@@ -65,10 +59,10 @@ def test_openai_chat_client_plain_streamed_and_with_usage(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == result.usage.completion_tokens  # fmt: skip
 
 
-def test_chat_logprobs_are_the_generated_tokens(server):
+def test_chat_logprobs_are_the_generated_tokens(text_server):
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 1,
             "logprobs": True, "top_logprobs": 3, "temperature": 0}  # fmt: skip
-    choice = chat(server, body).json()["choices"][0]
+    choice = chat(text_server, body).json()["choices"][0]
     content = choice["logprobs"]["content"]
     assert 1 <= len(content) <= 6 and all(len(c["top_logprobs"]) == 3 for c in content)
     for c in content:  # greedy: the chosen token is the likeliest
@@ -77,11 +71,11 @@ def test_chat_logprobs_are_the_generated_tokens(server):
     assert joined.strip().startswith(choice["message"]["content"][:3])
 
 
-def test_the_transcript_and_the_next_turn(server, tok):
+def test_the_transcript_and_the_next_turn(text_server, tok):
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
                 {"role": "assistant", "content": "A"}, {"role": "developer", "content": "D"}]  # fmt: skip
     assert transcript(messages) == "System: S\nUser: U\nAssistant: A\nSystem: D\nAssistant:"
-    loaded = server.app.state.server.loaded
+    loaded = text_server.app.state.server.loaded
     job = loaded.job("x", Sampling(0.0))
     answers = Answers(loaded.task, [job], TURN_MARKERS, logprobs=False, lstrip=True)
     text = ""
@@ -123,12 +117,12 @@ def test_a_chat_template_in_the_run_is_rendered_as_transformers_does(text_runs, 
         assert chat(live, {"messages": messages, "max_tokens": 2}).status_code == 200
 
 
-def test_echo_log_probabilities_equal_transformers(server, text_runs, tok):
+def test_echo_log_probabilities_equal_transformers(text_server, text_runs, tok):
     run = text_runs["pile-bpe"].path
     prompt = "The quick brown fox jumps"
     ids = tok.encode(prompt)
     body = {"prompt": prompt, "echo": True, "logprobs": 2, "max_tokens": 0}
-    choice = post(server, body).json()["choices"][0]
+    choice = post(text_server, body).json()["choices"][0]
     lp = choice["logprobs"]
     assert choice["text"] == prompt and choice["finish_reason"] == "length"
     assert lp["tokens"] == [tok.token_text(i) for i in ids] and "".join(lp["tokens"]) == prompt
@@ -141,7 +135,7 @@ def test_echo_log_probabilities_equal_transformers(server, text_runs, tok):
     # then one token generated greedily, with its log-probability (what lm-eval sends)
     given = [tok.bos_id, *ids]
     body = {"prompt": given, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
-    lp = post(server, body).json()["choices"][0]["logprobs"]
+    lp = post(text_server, body).json()["choices"][0]["logprobs"]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert len(lp["tokens"]) == len(given) + 1 and lp["tokens"][0] == "<|endoftext|>"
     assert torch.allclose(torch.tensor(lp["token_logprobs"][1:-1]), expected, atol=1e-3)
@@ -153,38 +147,38 @@ def test_echo_log_probabilities_equal_transformers(server, text_runs, tok):
     assert lp["token_logprobs"][-1] == pytest.approx(float(last.max()), abs=1e-3)
 
 
-def test_a_prompt_longer_than_the_context_is_scored_in_windows(server, tok):
+def test_a_prompt_longer_than_the_context_is_scored_in_windows(text_server, tok):
     ids = tok.encode("The cat sat on the mat and looked at the door. " * 8)
     assert len(ids) > 2 * 32  # the tiny model's context
-    lp = post(server, {"prompt": [ids], "echo": True, "logprobs": 0, "max_tokens": 0}).json()
+    lp = post(text_server, {"prompt": [ids], "echo": True, "logprobs": 0, "max_tokens": 0}).json()
     values = lp["choices"][0]["logprobs"]["token_logprobs"]
     assert len(values) == len(ids) and values[0] is None and all(v < 0 for v in values[1:])
 
 
-def test_a_typed_special_token_is_text(server, tok):
+def test_a_typed_special_token_is_text(text_server, tok):
     body = {"prompt": "a<|endoftext|>b", "echo": True, "max_tokens": 0, "logprobs": 0}
-    response = post(server, body).json()
+    response = post(text_server, body).json()
     tokens = response["choices"][0]["logprobs"]["tokens"]
     assert "<|endoftext|>" not in tokens and "".join(tokens) == "a<|endoftext|>b"
     assert response["usage"]["prompt_tokens"] == len(tok.encode("a<|endoftext|>b")) > 3
 
 
-def test_openai_client_scores_token_id_prompts(server, tok):
+def test_openai_client_scores_token_id_prompts(text_server, tok):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    client = OpenAI(base_url=f"{text_server.url}/v1", api_key="unused")
     prompts = [[tok.bos_id, *tok.encode("One two")], [tok.bos_id, *tok.encode("Three")]]
-    result = client.completions.create(model=server.app.state.server.name, prompt=prompts,
+    result = client.completions.create(model=text_server.app.state.server.name, prompt=prompts,
                                        echo=True, logprobs=1, max_tokens=0)  # fmt: skip
     assert [len(c.logprobs.tokens) for c in result.choices] == [len(p) for p in prompts]
     assert [c.text for c in result.choices] == ["One two", "Three"]
     assert result.usage.prompt_tokens == sum(map(len, prompts)) and result.usage.completion_tokens == 0  # fmt: skip
 
 
-def test_echo_streamed_and_whole_agree(server):
+def test_echo_streamed_and_whole_agree(text_server):
     body = {"prompt": "Once", "echo": True, "logprobs": 1, "max_tokens": 8, "seed": 3, "n": 2}
-    whole = post(server, body).json()
-    events = stream_events(server, {**body, "stream_options": {"include_usage": True}})
+    whole = post(text_server, body).json()
+    events = stream_events(text_server, {**body, "stream_options": {"include_usage": True}})
     assert events[-1]["choices"] == [] and events[-1]["usage"] == whole["usage"]
     for i, choice in enumerate(whole["choices"]):
         mine = [e["choices"][0] for e in events[:-1] if e["choices"][0]["index"] == i]
@@ -237,8 +231,8 @@ def test_a_request_without_max_tokens_gets_the_default_within_the_limit(text_run
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
     ],
 )
-def test_chat_validation(server, body, param):
-    response = chat(server, body)
+def test_chat_validation(text_server, body, param):
+    response = chat(text_server, body)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
 
 
@@ -253,8 +247,8 @@ def test_the_word_completer_refuses_what_only_a_text_model_does(tiny_run):
         assert response.status_code == 400 and "word completer" in response.json()["error"]["message"]  # fmt: skip
 
 
-def test_the_model_card_says_the_context_length_where_clients_read_it(server):
-    card = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+def test_the_model_card_says_the_context_length_where_clients_read_it(text_server):
+    card = httpx.get(f"{text_server.url}/v1/models").json()["data"][0]
     assert card["context_length"] == card["max_model_len"] == 32
 
 

@@ -139,8 +139,8 @@ def add_serve_parser(sub) -> None:
         help="also answer web pages from ORIGIN (e.g. https://example.com; * for any)",
     )  # fmt: skip
     sv.add_argument("--compile", action="store_true", help="compile the decode step and the "
-                    "word search: the first request of each compiles (~15-50 s), later ones "
-                    "run faster (text ~3x, suggestions ~1.5x; decoder-only runs)")  # fmt: skip
+                    "word search while starting (~15-50 s), so that requests run faster (text "
+                    "~3x, suggestions ~1.5x; decoder-only runs)")  # fmt: skip
     add_device_option(sv)
     sv.set_defaults(func=cmd_serve)
 

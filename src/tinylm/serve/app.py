@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from importlib import resources
 from pathlib import Path
 
+import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tinylm.errors import UserError
-from tinylm.inference import Engine, Step, load
+from tinylm.inference import Engine, Sampling, Step, load
 from tinylm.models import param_breakdown
 from tinylm.serve import protocol as api
 from tinylm.serve.answers import Answers
@@ -49,9 +51,10 @@ class Server:
         self.name = name or self.loaded.run.path.resolve().name
         self.parameters = param_breakdown(self.loaded.model)["total"]
         self.created = int(time.time())
-        self.worker = Worker(
-            Engine(self.loaded.model, limits.max_active, self.loaded.compile), limits.max_queue
-        )
+        engine = Engine(self.loaded.model, limits.max_active, self.loaded.compile)
+        if self.loaded.compile:
+            warm_up(self.loaded, engine)
+        self.worker = Worker(engine, limits.max_queue)
         self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
         self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
         self.text = not self.task.words  # a text generator (echo, logprobs and chat are its)
@@ -221,6 +224,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(data) > limit:
             raise too_big
     return bytes(data)
+
+
+def warm_up(loaded, engine: Engine) -> None:
+    """Compile before the first request instead of during it: a two-token generation through
+    the engine (its decode step has one shape, so it compiles once), and for a word completer
+    searches from prefixes of two lengths (the search compiles for shapes that vary)."""
+    print("tinylm: compiling before serving (about 10-30 s)...", file=sys.stderr)
+    with torch.no_grad():  # as the worker thread runs: a graph compiled with grads would not do
+        for _ in engine.generate([loaded.job("", Sampling(0.0), max_tokens=2)]):
+            pass
+        if loaded.task.words:
+            vocab = loaded.tokenizer.tok.get_vocab()
+            letters = sorted(c for c in vocab if len(c) == 1 and c.isalpha())
+            for prefix in ["", *letters[:1]]:
+                loaded.likeliest(prefix, 5)
 
 
 def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | None = None,
