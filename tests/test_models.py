@@ -97,7 +97,13 @@ def test_parameter_breakdown_counts_tied_weights_once():
 
 
 @pytest.mark.parametrize(
-    "variant", [{}, {"activation": "relu2"}, {"qk_norm": True, "activation": "relu2"}]
+    "variant",
+    [
+        {},
+        {"activation": "relu2"},
+        {"qk_norm": True, "activation": "relu2"},
+        {"tie_embeddings": False},
+    ],
 )
 def test_same_logits_as_transformers(tmp_path, variant):
     """The decoder is Llama (Qwen3 with QK-norm): stock transformers loads the weights and
@@ -112,7 +118,7 @@ def test_same_logits_as_transformers(tmp_path, variant):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight" or not cfg.tie_embeddings}  # fmt: skip
     save_file(sd, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, 50, 1, 2, 0)))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()

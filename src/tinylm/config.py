@@ -140,6 +140,12 @@ class ModelConfig:
     # decoder: RMSNorm on each head's queries and keys before the rotation (the speedruns' QK-norm);
     # saved as Qwen3ForCausalLM, which is Llama with these two norms
     qk_norm: bool = False
+    # decoder: the output layer shares the token embedding's matrix (tied, GPT-2's and the
+    # small Llamas'); false gives it a matrix of its own (`tie_word_embeddings` in Hugging Face)
+    tie_embeddings: bool = True
+    # seq2seq: the encoder's layers (0: n_layers, as in the notebook, where one BertConfig
+    # built both); the decoder has n_layers
+    encoder_layers: int = setting(0, at_least=0)
 
     def check(self) -> None:
         even = self.arch == "decoder"  # rotary positions rotate pairs of dimensions

@@ -44,7 +44,6 @@ def attention(loaded: LoadedRun, text: str) -> list[AttentionMap]:
     tok, model = loaded.tokenizer, loaded.model
     names = lambda ids: [label(tok, i) for i in ids]  # noqa: E731
     if isinstance(model, Seq2Seq):
-        model.hf.set_attn_implementation("eager")  # the kernel that can return its weights
         out = model.hf(input_ids=torch.tensor([prompt.encoder], device=loaded.device),
                        decoder_input_ids=torch.tensor([prompt.ids], device=loaded.device),
                        output_attentions=True)  # fmt: skip

@@ -1,5 +1,5 @@
 """A run's best weights in the Hugging Face layout, so stock `transformers` loads them: the
-decoder as config.json + model.safetensors (LlamaForCausalLM, the tied head stored once), the
+decoder as config.json + model.safetensors (LlamaForCausalLM, a tied head stored once), the
 encoder-decoder through its own save_pretrained. Each file is replaced atomically."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def save(folder: Path, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
     if isinstance(model, Seq2Seq):
         atomic.replace_files(folder, lambda tmp: model.hf.save_pretrained(tmp))
         return
-    tensors = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tied = model.cfg.tie_embeddings
+    tensors = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic.atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
     tok = tokenizer
@@ -45,7 +46,9 @@ def load(folder: Path, cfg: RunConfig, tokenizer: Tokenizer) -> torch.nn.Module:
         else:
             model = build_model(cfg.model, tokenizer)
             result = model.load_state_dict(load_file(folder / WEIGHTS), strict=False)
-            missing = set(result.missing_keys) - {"lm_head.weight"}  # tied to the embedding
+            missing = set(result.missing_keys)
+            if cfg.model.tie_embeddings:
+                missing.discard("lm_head.weight")  # tied: the embedding, stored once
             if missing or result.unexpected_keys:
                 bad = sorted(missing) + sorted(result.unexpected_keys)
                 raise ValueError(f"names not matching the model: {', '.join(bad[:3])}")

@@ -1,4 +1,4 @@
-"""A decoder-only transformer: rotary positions, RMSNorm, SwiGLU, tied embeddings.
+"""A decoder-only transformer: rotary positions, RMSNorm, SwiGLU, tied embeddings (by default).
 
 The module names and the math are those of Hugging Face's Llama, so the saved weights load with
 `LlamaForCausalLM` unchanged (see `hf_config`); with `qk_norm` they are Qwen3's. Everything is
@@ -177,7 +177,8 @@ class Decoder(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.model = DecoderBody(cfg, vocab_size)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.model.embed_tokens.weight  # tied
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
         head_dim = cfg.d_model // cfg.n_heads
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
         freqs = torch.outer(torch.arange(cfg.context_length).float(), inv_freq)
@@ -282,7 +283,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id, eos_id, pad_id) -> dict
         "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
