@@ -17,7 +17,7 @@ from tinylm.config import ModelConfig
 from tinylm.models.decoder import ModelOutput
 
 # Hugging Face's plain matmul + softmax attention: on words of a few letters a training step
-# takes about a fifth less time than with the fused kernel ("sdpa", transformers' default),
+# takes about a quarter less time than with the fused kernel ("sdpa", transformers' default),
 # for the same loss (bench/seq2seq_attention.py).
 ATTENTION = "eager"
 
