@@ -7,6 +7,7 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.models import Decoder, param_breakdown
 from tinylm.models.decoder import CacheSlots, hf_config
+from tinylm.weights import decoder_tensors
 
 CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=24)
 
@@ -118,8 +119,7 @@ def test_same_logits_as_transformers(tmp_path, variant):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight" or not cfg.tie_embeddings}  # fmt: skip
-    save_file(sd, tmp_path / "model.safetensors")
+    save_file(decoder_tensors(model), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, 50, 1, 2, 0)))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(hf).__name__ == ("Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM")
@@ -127,6 +127,15 @@ def test_same_logits_as_transformers(tmp_path, variant):
     with torch.no_grad():
         ours, theirs = model(x).logits, hf(x).logits
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+def test_packed_rows_with_a_cache_are_refused():
+    """Packed rows restart positions inside a row; a cache slot cannot: no silent mix."""
+    model = Decoder(CFG, vocab_size=50).eval()
+    x = torch.randint(0, 50, (1, 4))
+    slots = CacheSlots(torch.tensor([0]), 4)
+    with pytest.raises(ValueError, match="position_ids"):
+        model(x, cache=model.new_cache(1), slots=slots, position_ids=torch.tensor([[0, 1, 0, 1]]))
 
 
 @pytest.mark.parametrize("d_model,n_heads", [(30, 4), (30, 10)])

@@ -107,12 +107,11 @@ class WordTask(Task):
 
     def letters(self, prefix: str) -> list[int]:
         tok = self.tokenizer
-        bad = sorted({c for c in prefix if c == " " or c not in tok.tok.get_vocab()})
+        bad = sorted({c for c in prefix if c not in tok.characters})
         if bad:
-            known = "".join(sorted(c for c in tok.tok.get_vocab() if len(c) == 1 and c != " "))
             raise UserError(
                 f"The prefix '{prefix}' has {', '.join(repr(c) for c in bad)}, which this model "
-                f"does not know (it knows {known})."
+                f"does not know (it knows {tok.characters})."
             )
         if len(prefix) >= self.max_len:
             raise UserError(

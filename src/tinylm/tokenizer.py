@@ -83,6 +83,11 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str:
         return self.tok.id_to_token(i)
 
+    @property
+    def characters(self) -> str:
+        """A character model's letters and signs, sorted (not the space, not special tokens)."""
+        return "".join(sorted(c for c in self.tok.get_vocab() if len(c) == 1 and c != " "))
+
     def check_chars(self, text: str) -> None:
         """Character models: say in one sentence which characters the vocabulary lacks."""
         if self.kind != "char":
@@ -90,10 +95,9 @@ class Tokenizer:
         vocab = self.tok.get_vocab()
         missing = sorted({c for c in text if c not in vocab})
         if missing:
-            known = "".join(sorted(c for c in vocab if len(c) == 1 and c != " "))
             raise UserError(
                 f"'{text}' contains {', '.join(repr(c) for c in missing)}, which this model's "
-                f"vocabulary ({known}) does not have."
+                f"vocabulary ({self.characters}) does not have."
             )
 
     def save(self, folder: Path, model_max_length: int | None = None) -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tinylm import atomic
 from tinylm.config import RunConfig
 from tinylm.errors import UserError
-from tinylm.models import Seq2Seq, build_model
+from tinylm.models import Decoder, Seq2Seq, build_model
 from tinylm.models.decoder import hf_config
 from tinylm.tokenizer import Tokenizer
 
@@ -26,13 +26,19 @@ def save(folder: Path, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
     if isinstance(model, Seq2Seq):
         atomic.replace_files(folder, lambda tmp: model.hf.save_pretrained(tmp))
         return
-    tied = model.cfg.tie_embeddings
-    tensors = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = decoder_tensors(model)
     atomic.atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, {"format": "pt"}))
     tok = tokenizer
     config = hf_config(model.cfg, model.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
     atomic.write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def decoder_tensors(model: Decoder) -> dict[str, torch.Tensor]:
+    """The decoder's weights as Llama stores them: a tied output layer is the embedding,
+    stored once (as `tie_word_embeddings: true` tells transformers)."""
+    tied = model.cfg.tie_embeddings
+    tensors = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def load(folder: Path, cfg: RunConfig, tokenizer: Tokenizer) -> torch.nn.Module:

@@ -33,7 +33,7 @@ class LoadedRun:
     model: torch.nn.Module
     tokenizer: Tokenizer
     task: Task
-    compile: bool = False  # stream() compiles its decode step, likeliest() its search
+    compile: bool = False  # stream() and sample() compile their decode step, likeliest() its search
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +109,8 @@ class LoadedRun:
                 jobs.append(self.job(p, sampling, max_tokens=limit, seed=job_seed, logprobs=0))
         outs = {id(job): Completion("", False, 0.0) for job in jobs}
         readers = {id(job): self.task.reader() for job in jobs}
-        for step in Engine(self.model, rows=min(len(jobs), 256)).generate(jobs):
+        engine = Engine(self.model, rows=min(len(jobs), 256), compile=self.compile)
+        for step in engine.generate(jobs):
             out = outs[id(step.job)]
             if step.logprob is not None:
                 out.logprob += step.logprob

@@ -218,6 +218,8 @@ class Decoder(nn.Module):
         """
         B, T = input_ids.shape
         mask = None
+        if position_ids is not None and cache is not None:
+            raise ValueError("packed rows (position_ids) are for training, not with a cache")
         if position_ids is not None:
             cos = self.rope_cos[position_ids][:, None]  # (B, 1, T, head_dim)
             sin = self.rope_sin[position_ids][:, None]

@@ -235,9 +235,7 @@ def warm_up(loaded, engine: Engine) -> None:
         for _ in engine.generate([loaded.job("", Sampling(0.0), max_tokens=2)]):
             pass
         if loaded.task.words:
-            vocab = loaded.tokenizer.tok.get_vocab()
-            letters = sorted(c for c in vocab if len(c) == 1 and c.isalpha())
-            for prefix in ["", *letters[:1]]:
+            for prefix in ["", loaded.tokenizer.characters[0]]:
                 loaded.likeliest(prefix, 5)
 
 
