@@ -31,19 +31,20 @@ def test_attention_weights_equal_a_recomputation_from_queries_and_keys(text_runs
     layer = model.model.layers[1]
     hooks = [layer.self_attn.q_proj.register_forward_hook(lambda *a: captured.update(q=a[2])),
              layer.self_attn.k_proj.register_forward_hook(lambda *a: captured.update(k=a[2]))]  # fmt: skip
-    plain = model(torch.tensor([ids])).logits
+    x = torch.tensor([ids], device=loaded.device)
+    plain = model(x).logits
     for h in hooks:
         h.remove()
     T, heads = len(ids), model.cfg.n_heads
     head_dim = model.cfg.d_model // heads
-    q = captured["q"].view(1, T, heads, head_dim).transpose(1, 2)[0, 1]  # head 2
-    k = captured["k"].view(1, T, heads, head_dim).transpose(1, 2)[0, 1]
-    cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+    q = captured["q"].cpu().view(1, T, heads, head_dim).transpose(1, 2)[0, 1]  # head 2
+    k = captured["k"].cpu().view(1, T, heads, head_dim).transpose(1, 2)[0, 1]
+    cos, sin = model.rope_cos[:T].cpu(), model.rope_sin[:T].cpu()
     q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
     scores = (q @ k.T) / math.sqrt(head_dim)
     scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    assert torch.allclose(m.weights[1, 1], scores.softmax(-1), atol=1e-5)
-    assert torch.allclose(model(torch.tensor([ids]), attention=[]).logits, plain, atol=1e-5)
+    assert torch.allclose(m.weights[1, 1].cpu(), scores.softmax(-1), atol=1e-5)
+    assert torch.allclose(model(x, attention=[]).logits, plain, atol=1e-5)
     assert m.queries == m.keys and m.queries[0] == "<|endoftext|>" and len(m.queries) == T
 
 

@@ -226,9 +226,9 @@ def test_likeliest_words_are_exact_and_their_probabilities_are_the_chain_rule(wo
     assert probs == sorted(probs, reverse=True) and len({s.word for s in result.words}) == 5
 
     def next_logp(history):  # the model read from scratch on exactly this history, no cache
-        x = torch.tensor([history])
+        x = torch.tensor([history], device=loaded.device)
         if isinstance(model, Seq2Seq):
-            enc = torch.tensor([[tok.bos_id, *tok.encode("ca"), tok.eos_id]])
+            enc = torch.tensor([[tok.bos_id, *tok.encode("ca"), tok.eos_id]], device=x.device)
             return model.hf(input_ids=enc, decoder_input_ids=x).logits[0, -1].log_softmax(-1)
         return model(x).logits[0, -1].log_softmax(-1)
 

@@ -162,7 +162,7 @@ def test_time_budget(tmp_path, words_file):
 def test_without_a_compiler_training_goes_on_uncompiled(tmp_path, words_file, monkeypatch, capsys):
     monkeypatch.setattr("tinylm.device.shutil.which", lambda name: None)
     cfg = tiny_config(data=words_file, steps=3, extra=["train.compile=true"])
-    run, summary = train_run(cfg, tmp_path / "r", show_progress=False)
+    run, summary = train_run(cfg, tmp_path / "r", show_progress=False, device="cpu")
     assert summary["step"] == 3
     assert "training without torch.compile: no C++ compiler" in capsys.readouterr().err
 
@@ -189,12 +189,12 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     # encoder reads <sos> t r a <eos>, the decoder <sos> t r a, then takes its likeliest symbol
     # (never <pad>, <sos> or space) until <eos>, at most 15 - 3 letters.
     tok, model = run.tokenizer(), loaded.model
-    enc = torch.tensor([[tok.bos_id, *tok.encode("tra"), tok.eos_id]])
+    enc = torch.tensor([[tok.bos_id, *tok.encode("tra"), tok.eos_id]], device=loaded.device)
     dec, letters, finished = [tok.bos_id, *tok.encode("tra")], [], False
     with torch.no_grad():
         while len(letters) < 12:
             logits = model.hf(input_ids=enc, attention_mask=torch.ones_like(enc),
-                              decoder_input_ids=torch.tensor([dec])).logits[0, -1]  # fmt: skip
+                              decoder_input_ids=torch.tensor([dec], device=enc.device)).logits[0, -1]  # fmt: skip
             logits[[tok.pad_id, tok.bos_id, tok.tok.token_to_id(" ")]] = -math.inf
             nxt = int(logits.argmax())
             if nxt == tok.eos_id:
