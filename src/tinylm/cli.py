@@ -123,16 +123,10 @@ def add_serve_parser(sub) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-tokens", type=positive_int, default=256, help="most tokens per request")
-    sv.add_argument(
-        "--max-active", type=positive_int, default=64, help="requests generated at once"
-    )
-    sv.add_argument(
-        "--max-queue", type=positive_int, default=256, help="requests waiting; then 503"
-    )
+    sv.add_argument("--max-active", type=positive_int, default=64, help="requests generated at once")  # fmt: skip
+    sv.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting; then 503")  # fmt: skip
     sv.add_argument("--name", help="the served model's name (default: the run folder's)")
-    sv.add_argument(
-        "--api-key-file", type=Path, help="require Authorization: Bearer KEY, KEY read from FILE"
-    )
+    sv.add_argument("--api-key-file", type=Path, help="require Authorization: Bearer KEY, KEY read from FILE")  # fmt: skip
     sv.add_argument("--api-key", help="the key itself (visible in `ps`; prefer TINYLM_API_KEY)")
     sv.add_argument(
         "--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -324,9 +318,7 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     from tinylm.serve import Limits, read_api_key, serve
 
-    limits = Limits(
-        max_tokens=args.max_tokens, max_active=args.max_active, max_queue=args.max_queue
-    )
+    limits = Limits(max_tokens=args.max_tokens, max_active=args.max_active, max_queue=args.max_queue)  # fmt: skip
     key = read_api_key(args.api_key_file, args.api_key)
     serve(args.run, args.host, args.port, limits, key, device=args.device, name=args.name,
           allow_origins=tuple(args.allow_origin), compile=args.compile)  # fmt: skip
