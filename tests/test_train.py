@@ -306,3 +306,23 @@ def test_muon_orthogonalizes_the_hidden_matrices_and_adamw_the_rest(words_file, 
     assert in_muon and all(n.endswith("proj.weight") for n in in_muon)
     assert "model.embed_tokens.weight" not in in_muon
     assert len(opt.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
+
+
+def test_batched_muon_gives_torch_muons_updates_bit_for_bit():
+    from tinylm.optim import Muon
+
+    torch.manual_seed(0)
+    shapes = [(24, 24), (24, 24), (72, 24), (24, 72), (72, 24), (16, 40)]  # wide, tall, alone
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    before = [p.detach().clone() for p in ours]
+    mine = Muon(ours, lr=3e-3, weight_decay=0.1)
+    reference = torch.optim.Muon(theirs, lr=3e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        mine.step()
+        reference.step()
+    for p, q, p0 in zip(ours, theirs, before, strict=True):
+        assert torch.equal(p, q) and not torch.equal(p, p0)

@@ -1,5 +1,5 @@
 """What updates the weights: the learning-rate schedule and the optimizer (fused AdamW, or
-torch's Muon for the hidden matrices beside AdamW for the rest)."""
+Muon for the hidden matrices beside AdamW for the rest)."""
 
 from __future__ import annotations
 
@@ -57,18 +57,69 @@ def hidden_matrix(name: str, p: torch.Tensor) -> bool:
     return p.dim() == 2 and not any(k in name for k in ("embed", "lm_head", "cls.", "pooler"))
 
 
+# Newton–Schulz coefficients of Keller Jordan's Muon, as torch.optim.Muon uses them
+NS_COEFFICIENTS, NS_STEPS = (3.4445, -4.7750, 2.0315), 5
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update — momentum 0.95 with Nesterov, the update orthogonalized by
+    five Newton–Schulz steps in bf16, its learning rate scaled to AdamW's update size
+    ("match_rms_adamw": lr × 0.2 × sqrt(max(rows, columns))), decoupled weight decay — with the
+    Newton–Schulz steps batched over the matrices of one shape. torch's version runs them one
+    matrix at a time: on two CPU cores that loop of small matmuls cost more than the rest of a
+    `words` step (bench/step.py). The results are torch's, bit for bit (tested)."""
+
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = [
+                self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params
+            ]
+            m, lr = group["momentum"], group["lr"]
+            torch._foreach_lerp_(bufs, grads, 1 - m)
+            updates = torch._foreach_lerp(grads, bufs, m)  # Nesterov
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            wide = [u if u.shape[0] <= u.shape[1] else u.mT for u in updates]
+            by_shape: dict[tuple[int, int], list[int]] = {}
+            for i, u in enumerate(wide):
+                by_shape.setdefault(tuple(u.shape), []).append(i)
+            for (_, cols), idx in by_shape.items():
+                ortho = orthogonalize(torch.stack([wide[i] for i in idx]))
+                for i, o in zip(idx, ortho, strict=True):
+                    p = params[i]
+                    p.add_(o if o.shape == p.shape else o.mT, alpha=-lr * 0.2 * math.sqrt(cols))
+
+
+def orthogonalize(g: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Newton–Schulz on a stack of matrices (n, rows, columns), rows <= columns, in bf16: each
+    matrix's singular values pushed towards 1 (roughly U V^T of its SVD)."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.bfloat16()
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(NS_STEPS):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
+
+
 class MuonAdamW:
-    """torch's Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer.
-    Muon's learning rate is scaled to AdamW's update size ("match_rms_adamw"), so one
-    `train.lr` serves both. Its state_dict numbers the parameters Muon's first, then AdamW's."""
+    """Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer. Muon's
+    learning rate is scaled to AdamW's update size, so one `train.lr` serves both. Its
+    state_dict numbers the parameters Muon's first, then AdamW's."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         hidden = [p for n, p in named if hidden_matrix(n, p)]
         ids = {id(p) for p in hidden}
         rest = [p for _, p in named if id(p) not in ids]
-        muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                adjust_lr_fn="match_rms_adamw")  # fmt: skip
+        muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.parts = [muon, adamw(decay_groups(rest, cfg.weight_decay), cfg)]
 
     @property
