@@ -308,7 +308,7 @@ def test_muon_orthogonalizes_the_hidden_matrices_and_adamw_the_rest(words_file, 
     assert len(opt.param_groups) == len(muon.param_groups) + len(adamw.param_groups)
 
 
-def test_batched_muon_gives_torch_muons_updates_bit_for_bit():
+def test_batched_muon_gives_torch_muons_updates():
     from tinylm.optim import Muon
 
     torch.manual_seed(0)
@@ -325,4 +325,6 @@ def test_batched_muon_gives_torch_muons_updates_bit_for_bit():
         mine.step()
         reference.step()
     for p, q, p0 in zip(ours, theirs, before, strict=True):
-        assert torch.equal(p, q) and not torch.equal(p, p0)
+        # bit for bit on the x86 CPUs tried; a BLAS may round a batched bf16 matmul otherwise
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        assert (p - p0).abs().max() > 1e-3  # three steps of about 5e-3 each

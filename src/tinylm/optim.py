@@ -67,7 +67,7 @@ class Muon(torch.optim.Optimizer):
     ("match_rms_adamw": lr × 0.2 × sqrt(max(rows, columns))), decoupled weight decay — with the
     Newton–Schulz steps batched over the matrices of one shape. torch's version runs them one
     matrix at a time: on two CPU cores that loop of small matmuls cost more than the rest of a
-    `words` step (bench/step.py). The results are torch's, bit for bit (tested)."""
+    `words` step (bench/step.py). The updates are torch's (tested; bit for bit on x86 CPUs)."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
