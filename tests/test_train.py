@@ -328,3 +328,28 @@ def test_batched_muon_gives_torch_muons_updates():
         # bit for bit on the x86 CPUs tried; a BLAS may round a batched bf16 matmul otherwise
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
         assert (p - p0).abs().max() > 1e-3  # three steps of about 5e-3 each
+
+
+def test_newton_schulz_runs_in_the_runs_precision(words_file):
+    # Newton–Schulz is an odd polynomial of the matrix: it keeps the singular vectors and moves
+    # each singular value towards 1. In fp32 that holds to fp32's rounding; bf16 is far coarser.
+    from tinylm.models import build_model
+    from tinylm.optim import MuonAdamW, orthogonalize
+    from tinylm.tokenizer import build_char
+
+    torch.manual_seed(0)
+    g = torch.randn(3, 24, 72)
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+        x = orthogonalize(g, dtype).double()
+        core = u.mT @ x @ vh.mT  # diagonal if the singular vectors are kept
+        off = core - torch.diag_embed(torch.diagonal(core, dim1=-2, dim2=-1))
+        assert off.abs().max() < tol
+        assert 0.6 < torch.diagonal(core, dim1=-2, dim2=-1).min() and core.max() < 1.3
+    assert (u.mT @ orthogonalize(g, torch.bfloat16).double() @ vh.mT).sub(
+        u.mT @ orthogonalize(g, torch.float32).double() @ vh.mT
+    ).abs().max() > 1e-4  # the two precisions differ: the test above tells them apart
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        cfg = tiny_config(data=words_file, extra=["train.optimizer=muon", f"train.precision={precision}"])  # fmt: skip
+        opt = MuonAdamW(build_model(cfg.model, build_char(["abc"])), cfg.train)
+        assert opt.parts[0].ns_dtype == dtype

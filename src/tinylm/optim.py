@@ -8,6 +8,7 @@ import math
 import torch
 
 from tinylm.config import TrainConfig
+from tinylm.device import autocast_dtype
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -67,10 +68,14 @@ class Muon(torch.optim.Optimizer):
     ("match_rms_adamw": lr × 0.2 × sqrt(max(rows, columns))), decoupled weight decay — with the
     Newton–Schulz steps batched over the matrices of one shape. torch's version runs them one
     matrix at a time: on two CPU cores that loop of small matmuls cost more than the rest of a
-    `words` step (bench/step.py). The updates are torch's (tested; bit for bit on x86 CPUs)."""
+    `words` step (bench/step.py). The updates are torch's (tested; bit for bit on x86 CPUs).
+    `ns_dtype=torch.float32` runs Newton–Schulz in fp32 instead, for hardware without native
+    bf16, where bf16 matmuls are emulated: 170 against 6 ms a step for `words` (bench/README.md)."""
 
-    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95):
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95,
+                 ns_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self) -> None:
@@ -91,17 +96,17 @@ class Muon(torch.optim.Optimizer):
             for i, u in enumerate(wide):
                 by_shape.setdefault(tuple(u.shape), []).append(i)
             for (_, cols), idx in by_shape.items():
-                ortho = orthogonalize(torch.stack([wide[i] for i in idx]))
+                ortho = orthogonalize(torch.stack([wide[i] for i in idx]), self.ns_dtype)
                 for i, o in zip(idx, ortho, strict=True):
                     p = params[i]
                     p.add_(o if o.shape == p.shape else o.mT, alpha=-lr * 0.2 * math.sqrt(cols))
 
 
-def orthogonalize(g: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Newton–Schulz on a stack of matrices (n, rows, columns), rows <= columns, in bf16: each
-    matrix's singular values pushed towards 1 (roughly U V^T of its SVD)."""
+def orthogonalize(g: torch.Tensor, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> torch.Tensor:  # fmt: skip
+    """Newton–Schulz on a stack of matrices (n, rows, columns), rows <= columns: each matrix's
+    singular values pushed towards 1 (roughly U V^T of its SVD)."""
     a, b, c = NS_COEFFICIENTS
-    x = g.bfloat16()
+    x = g.to(dtype)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(NS_STEPS):
         gram = x @ x.mT
@@ -111,15 +116,18 @@ def orthogonalize(g: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
 class MuonAdamW:
     """Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer. Muon's
-    learning rate is scaled to AdamW's update size, so one `train.lr` serves both. Its
-    state_dict numbers the parameters Muon's first, then AdamW's."""
+    learning rate is scaled to AdamW's update size, so one `train.lr` serves both. Newton–Schulz
+    runs in the precision the run computes in: bf16 where the hardware has it natively, else
+    fp32. Its state_dict numbers the parameters Muon's first, then AdamW's."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         hidden = [p for n, p in named if hidden_matrix(n, p)]
         ids = {id(p) for p in hidden}
         rest = [p for _, p in named if id(p) not in ids]
-        muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        device = hidden[0].device if hidden else torch.device("cpu")
+        ns_dtype = autocast_dtype(cfg.precision, device) or torch.float32
+        muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
         self.parts = [muon, adamw(decay_groups(rest, cfg.weight_decay), cfg)]
 
     @property
