@@ -70,7 +70,7 @@ class Muon(torch.optim.Optimizer):
     matrix at a time: on two CPU cores that loop of small matmuls cost more than the rest of a
     `words` step (bench/step.py). The updates are torch's (tested; bit for bit on x86 CPUs).
     `ns_dtype=torch.float32` runs Newton–Schulz in fp32 instead, for hardware without native
-    bf16, where bf16 matmuls are emulated: 170 against 6 ms a step for `words` (bench/README.md)."""
+    bf16, where bf16 matmuls are emulated: 174 against 7.6 ms a step for `words` (bench/README.md)."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95,
                  ns_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
