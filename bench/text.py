@@ -56,7 +56,9 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--warm-cache", action="store_true", help="reuse the token cache")
+    p.add_argument(
+        "--warm-cache", action="store_true", help="reuse the token cache and torch.compile's"
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
@@ -67,8 +69,9 @@ def main() -> None:
     cfg.train.time, cfg.train.max_steps, cfg.train.seed = args.time, None, args.seed
     scratch = Path(tempfile.mkdtemp(prefix="bench-text-"))
     out = args.out or scratch / "run"
-    if not args.warm_cache:  # measure preparation from nothing
+    if not args.warm_cache:  # measure preparation and torch.compile from nothing
         os.environ["TINYLM_CACHE"] = str(scratch / "cache")
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch / "compile-cache"))
     t0 = time.perf_counter()
     run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
     wall = time.perf_counter() - t0
