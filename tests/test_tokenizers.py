@@ -18,15 +18,25 @@ def test_bpe_round_trips_any_text(tmp_path):
 
 def test_word_tokenizer_is_the_notebooks():
     docs = ["The cat sat on the mat. The dog sat too!"] * 5 + ["A rare zebra appeared."]
-    tok = build_word(docs, vocab_size=8)
+    tok = build_word(docs, vocab_size=9)
     vocab = tok.tok.get_vocab()
-    assert len(vocab) == 8 and {"<UNK>", "<EOS>"} <= set(vocab)
+    assert len(vocab) == 9 and {"<UNK>", "<EOS>"} <= set(vocab)
     assert tok.id_to_token(tok.unk_id) == "<UNK>" and tok.eos_id == tok.bos_id
     ids = tok.encode("THE Cat, sat!! on a zebra")
     words = [tok.id_to_token(i) for i in ids]
     assert words == ["the", "cat", "sat", "on", "<UNK>", "<UNK>"]  # lowercase, no punctuation
     assert tok.decode(tok.encode("The cat sat.")) == "the cat sat"
     assert build_word(synthetic_documents(50, 80), vocab_size=10_000).vocab_size <= 10_000
+
+
+def test_word_tokenizer_keeps_the_words_that_cover_most_bytes():
+    """A word left out is charged its bytes, so 'elephant' seen 3 times (24 bytes) beats 'ox'
+    seen 10 (20 bytes), which beats 'cow' seen 6 (18)."""
+    docs = ["ox " * 10, "Elephant, elephant! ELEPHANT.", "cow " * 6]
+    assert set(build_word(docs, vocab_size=3).tok.get_vocab()) == {"<UNK>", "<EOS>", "elephant"}
+    vocab = build_word(docs, vocab_size=4).tok.get_vocab()
+    assert set(vocab) == {"<UNK>", "<EOS>", "elephant", "ox"}
+    assert build_word(docs, vocab_size=4).encode("cow ox") == [vocab["<UNK>"], vocab["ox"]]
 
 
 def test_char_tokenizer_round_trip_and_unknown_characters():

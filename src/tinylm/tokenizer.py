@@ -18,6 +18,7 @@ Hugging Face), so only tinylm, by id, ever places a special token.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -144,18 +145,31 @@ def build_char(words: Iterable[str]) -> Tokenizer:
     return Tokenizer(tok, "char")
 
 
-def build_word(texts: Iterable[str], vocab_size: int = 10_000, length: int | None = None):
+def build_word(texts: Iterable[str], vocab_size: int = 10_000):
     """The notebook's word-level tokenizer: lowercase, punctuation dropped, split on whitespace;
-    the most frequent `vocab_size - 2` words plus <UNK> and <EOS>."""
-    tok = HFTokenizer(models.WordLevel(unk_token="<UNK>"))
-    tok.normalizer = normalizers.Sequence(
+    `vocab_size - 2` words plus <UNK> and <EOS>.
+
+    The words kept are those that cover the most bytes of the training text (count × UTF-8
+    length), not the most frequent ones: a word left out costs its bytes spelt out (8 bits a
+    byte, benchmark T's charge for an `<UNK>`), so "minorities" seen 300 times is worth more
+    than "vp" seen 600. On the development corpus this trades fragments, numbers and single
+    letters for whole words, and takes 0.035 bits a byte off the `<UNK>` charge of the held-out
+    text (0.726 against 0.761; `<UNK>` 7.2 % of the tokens against 7.0 %; bench/README.md)."""
+    normalizer = normalizers.Sequence(
         [normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
     )
+    counts: Counter[str] = Counter()
+    for text in texts:
+        # str.split() cuts where WhitespaceSplit does once the normalizer has run: the control
+        # characters only Python counts as whitespace (\x1c-\x1f) are replaced by then
+        counts.update(normalizer.normalize_str(text).split())
+    specials = ["<UNK>", "<EOS>"]
+    ranked = sorted(counts, key=lambda w: (-counts[w] * len(w.encode()), -counts[w], w))
+    vocab = {t: i for i, t in enumerate(specials + ranked[: max(0, vocab_size - 2)])}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<UNK>"))
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, special_tokens=["<UNK>", "<EOS>"], show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer, length=length)
+    tok.add_special_tokens(specials)
     return Tokenizer(tok, "word")  # no start token added: see the module docstring
 
 

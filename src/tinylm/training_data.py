@@ -52,7 +52,7 @@ def build_tokenizer(cfg: RunConfig, texts: list[str]) -> Tokenizer:
     if kind == "char":
         return build_char(texts)
     if kind == "word":
-        return build_word(texts, size or 10_000, length=len(texts))
+        return build_word(texts, size or 10_000)
     return build_bpe(texts, size or 4096, length=len(texts))
 
 
