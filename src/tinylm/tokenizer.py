@@ -34,6 +34,9 @@ SPECIALS = {
     "bpe": {"pad": None, "bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": None},
 }
 KINDS = tuple(SPECIALS)
+# The rule each kind is built by, part of the key of cached tokenizers: a new rule (the word
+# tokenizer's vocabulary ranked by bytes covered, not frequency) is not served an old one's.
+RULES = {"char": "1", "word": "bytes-covered", "bpe": "1"}
 
 
 class Tokenizer:

@@ -19,7 +19,7 @@ from tinylm.data.text import Corpus, load_corpus, split_documents
 from tinylm.data.words import SPLIT_SEED, load_words, split_words
 from tinylm.errors import UserError
 from tinylm.runs import Run
-from tinylm.tokenizer import Tokenizer, build_bpe, build_char, build_word
+from tinylm.tokenizer import RULES, Tokenizer, build_bpe, build_char, build_word
 
 VAL_BATCH_TOKENS = 8192  # at least this many tokens per validation forward pass
 
@@ -72,8 +72,9 @@ def new_run(cfg: RunConfig, out, tokenizer: Tokenizer | None = None, world_size:
         split = split_documents(corpus.documents, cfg.data.val_fraction, cfg.data.test_fraction)
         seconds = 0.0
         if tokenizer is None:
+            kind = cfg.tokenizer.kind
             key = fingerprint(
-                split_key(cfg, corpus), cfg.tokenizer.kind, str(cfg.tokenizer.vocab_size)
+                split_key(cfg, corpus), kind, RULES[kind], str(cfg.tokenizer.vocab_size)
             )
             t0 = time.perf_counter()
             tokenizer, trained = cached_tokenizer(cfg, key, [corpus.documents[i] for i in split["train"]])  # fmt: skip
