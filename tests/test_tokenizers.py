@@ -34,9 +34,10 @@ def test_word_tokenizer_keeps_the_words_that_cover_most_bytes():
     seen 10 (20 bytes), which beats 'cow' seen 6 (18)."""
     docs = ["ox " * 10, "Elephant, elephant! ELEPHANT.", "cow " * 6]
     assert set(build_word(docs, vocab_size=3).tok.get_vocab()) == {"<UNK>", "<EOS>", "elephant"}
-    vocab = build_word(docs, vocab_size=4).tok.get_vocab()
+    tok = build_word(docs, vocab_size=4)
+    vocab = tok.tok.get_vocab()
     assert set(vocab) == {"<UNK>", "<EOS>", "elephant", "ox"}
-    assert build_word(docs, vocab_size=4).encode("cow ox") == [vocab["<UNK>"], vocab["ox"]]
+    assert tok.encode("cow ox") == [vocab["<UNK>"], vocab["ox"]]
 
 
 def test_char_tokenizer_round_trip_and_unknown_characters():

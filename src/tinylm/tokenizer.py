@@ -166,10 +166,11 @@ def build_word(texts: Iterable[str], vocab_size: int = 10_000):
         # str.split() cuts where WhitespaceSplit does once the normalizer has run: the control
         # characters only Python counts as whitespace (\x1c-\x1f) are replaced by then
         counts.update(normalizer.normalize_str(text).split())
-    specials = ["<UNK>", "<EOS>"]
+    unk, eos = SPECIALS["word"]["unk"], SPECIALS["word"]["eos"]
+    specials = [unk, eos]
     ranked = sorted(counts, key=lambda w: (-counts[w] * len(w.encode()), -counts[w], w))
-    vocab = {t: i for i, t in enumerate(specials + ranked[: max(0, vocab_size - 2)])}
-    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<UNK>"))
+    vocab = {t: i for i, t in enumerate(specials + ranked[: max(0, vocab_size - len(specials))])}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(specials)
