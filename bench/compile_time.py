@@ -20,6 +20,11 @@ import tempfile
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# where bench/words.py and bench/text.py read their data, with the same overrides
+DATA = {
+    "words": Path(os.environ.get("TINYLM_BENCH_WORDS", SHARED / "words")) / "train.txt",
+    "text": Path(os.environ.get("TINYLM_BENCH_TEXT", SHARED / "text")) / "train.jsonl",
+}
 # (file, function) of the profile entries reported, by their cumulative seconds
 PHASES = {
     "vector_isa_checks_s": ("cpu_vec_isa.py", "valid_vec_isa_list"),
@@ -44,8 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     cfg = apply_overrides(load_preset(args.preset), args.overrides)
-    words = cfg.data.kind == "words"
-    cfg.data.source = str(SHARED / ("words/train.txt" if words else "text/train.jsonl"))
+    cfg.data.source = str(DATA[cfg.data.kind])
     cfg.data.test_fraction = 0.0
     cfg.train.time, cfg.train.max_steps = None, args.steps
     cfg.train.eval_every = cfg.train.log_every = args.steps
