@@ -19,12 +19,9 @@ import pstats
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-# where bench/words.py and bench/text.py read their data, with the same overrides
-DATA = {
-    "words": Path(os.environ.get("TINYLM_BENCH_WORDS", SHARED / "words")) / "train.txt",
-    "text": Path(os.environ.get("TINYLM_BENCH_TEXT", SHARED / "text")) / "train.jsonl",
-}
+import shared_data  # bench/shared_data.py: where the benchmark data lies
+
+DATA = {"words": shared_data.WORDS / "train.txt", "text": shared_data.TEXT / "train.jsonl"}
 # (file, function) of the profile entries reported, by their cumulative seconds
 PHASES = {
     "vector_isa_checks_s": ("cpu_vec_isa.py", "valid_vec_isa_list"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
 from tinylm.config import load_preset
@@ -22,7 +22,7 @@ from tinylm.models import build_model
 from tinylm.optim import make_optimizer
 from tinylm.tokenizer import build_char
 
-WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
+WORDS = shared_data.WORDS / "train.txt"
 
 
 def throughput(dtype, compiled: bool, steps: int = 40) -> tuple[float, float]:

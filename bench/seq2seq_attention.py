@@ -13,8 +13,8 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
 from tinylm.config import apply_overrides, load_preset
@@ -24,7 +24,7 @@ from tinylm.models import build_model
 from tinylm.optim import make_optimizer
 from tinylm.tokenizer import build_char
 
-WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
+WORDS = shared_data.WORDS / "train.txt"
 IMPLEMENTATIONS = ("sdpa", "eager")
 
 

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 import httpx
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "train.jsonl"
+DEFAULT_TEXT = shared_data.TEXT / "train.jsonl"
 HELD_OUT = DEFAULT_TEXT.with_name("val.jsonl")
 PROMPTS = ["Once upon a time", "The history of", "In the beginning", "She said that", "The king",
            "It was a dark", "Scientists have found", "The river", "My dear friend", "When the war"]  # fmt: skip

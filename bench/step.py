@@ -16,8 +16,8 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
 from tinylm.config import apply_overrides, load_preset
@@ -28,7 +28,7 @@ from tinylm.models import build_model
 from tinylm.optim import MuonAdamW, param_groups
 from tinylm.tokenizer import build_char
 
-WORDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "words" / "train.txt"
+WORDS = shared_data.WORDS / "train.txt"
 
 
 def profile(cfg, words, impl: str, device: torch.device, steps: int = 150) -> dict:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
 from tinylm import training_data
@@ -32,8 +33,6 @@ from tinylm.evaluate import evaluate_text
 from tinylm.inference import Engine, Sampling, load
 from tinylm.models import param_breakdown
 from tinylm.train import train_run
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 
 def generation_speed(loaded, tokens: int = 200) -> float:
@@ -51,9 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="pile-bpe")
     p.add_argument("--time", type=float, default=600.0, help="training seconds")
-    p.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("TINYLM_BENCH_TEXT", DEFAULT_DATA))
-    )
+    p.add_argument("--data", type=Path, default=shared_data.TEXT)
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument(

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
 from tinylm.config import apply_overrides, load_preset
@@ -30,7 +31,6 @@ from tinylm.inference.search import likeliest_words
 from tinylm.models import param_breakdown
 from tinylm.train import train_run
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "words"
 DEMO = ["fin", "inv", "tra", "mar", "ban", "com", "acc"]
 VAL_PREFIXES = 500
 
@@ -40,9 +40,7 @@ def main() -> None:
     p.add_argument("--preset", default="words")
     p.add_argument("--time", type=float, default=300.0, help="training seconds")
     p.add_argument("--max-steps", type=int, help="a step budget instead (for experiments)")
-    p.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("TINYLM_BENCH_WORDS", DEFAULT_DATA))
-    )
+    p.add_argument("--data", type=Path, default=shared_data.WORDS)
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("overrides", nargs="*")
