@@ -24,10 +24,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tinylm.runs import Run
+from tinylm.runs import RunDir
 
-MODEL = ["--max-steps", "120", "--no-report", "train.batch_tokens=512", "train.eval_every=10",
-         "train.log_every=5", "train.warmup_steps=10", "model.dropout=0.1"]  # fmt: skip
+MODEL = [
+    "--max-steps",
+    "120",
+    "--no-report",
+    "train.batch_tokens=512",
+    "train.eval_every=10",
+    "train.log_every=5",
+    "train.warmup_steps=10",
+    "model.dropout=0.1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -61,7 +69,7 @@ def same(a: Path, b: Path) -> bool:
     ca, cb = load_file(a / "checkpoint.safetensors"), load_file(b / "checkpoint.safetensors")
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     keys = ("step", "tokens", "loss", "val_loss", "lr")
-    log = lambda d: [tuple(r.get(k) for k in keys) for r in Run(d).metrics()]  # noqa: E731
+    log = lambda d: [tuple(r.get(k) for k in keys) for r in RunDir(d).metrics()]  # noqa: E731
     return (
         ca.keys() == cb.keys()
         and all(torch.equal(ca[k], cb[k]) for k in ca)
@@ -90,7 +98,11 @@ def main() -> None:
     for i in range(args.kills):
         out = work / f"run{i}"
         victim = train(*base, "--out", out)
-        moment = kill_while_writing(victim, out) if i % 2 else kill_at_random(victim, rng.uniform(0, whole))  # fmt: skip
+        moment = (
+            kill_while_writing(victim, out)
+            if i % 2
+            else kill_at_random(victim, rng.uniform(0, whole))
+        )
         if not (out / "tinylm.yaml").is_file():  # killed before the run existed: start again
             moment += ", before the run existed"
             again = train(*base, "--out", out)
@@ -103,11 +115,20 @@ def main() -> None:
         identical += ok and same(work / "ref", out)
         moments.append(moment)
         print(f"kill {i + 1}: {moment}; resume exit {code}", file=sys.stderr, flush=True)
-    print(json.dumps({"bench": "chaos", "kills": args.kills, "identical": identical,
-                      "corrupt": corrupt, "checkpoint_writes_hit": sum("write" in m for m in moments),
-                      "before_creation": sum("before" in m for m in moments),
-                      "finished_before_kill": sum("finished" in m for m in moments),
-                      "uninterrupted_run_s": round(whole, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "chaos",
+                "kills": args.kills,
+                "identical": identical,
+                "corrupt": corrupt,
+                "checkpoint_writes_hit": sum("write" in m for m in moments),
+                "before_creation": sum("before" in m for m in moments),
+                "finished_before_kill": sum("finished" in m for m in moments),
+                "uninterrupted_run_s": round(whole, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

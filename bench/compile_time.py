@@ -41,17 +41,17 @@ def main() -> None:
 
     import torch
 
-    from tinylm.config import apply_overrides, load_preset
-    from tinylm.train import train_run
+    import tinylm
+    from tinylm.preset import apply_overrides, load_preset
 
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     cfg = apply_overrides(load_preset(args.preset), args.overrides)
-    cfg.data.source = str(DATA[cfg.data.kind])
+    cfg.data.source = str(DATA[cfg.task])
     cfg.data.test_fraction = 0.0
     cfg.train.time, cfg.train.max_steps = None, args.steps
     cfg.train.eval_every = cfg.train.log_every = args.steps
     profile = cProfile.Profile()
-    run, _ = profile.runcall(train_run, cfg, scratch / "run", show_progress=False)
+    run = profile.runcall(tinylm.train, cfg, out=scratch / "run", progress=False)
     first = json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
     stats = pstats.Stats(profile).stats
     result = {"preset": args.preset, "steps": first["step"], "seconds": first["time"]}

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.inference import Engine, Sampling, load
+import tinylm
+from tinylm.inference import Engine, Sampling
 
 PROMPT = "The history of the"
 
@@ -29,7 +30,7 @@ PROMPT = "The history of the"
 def tinylm_tokens(loaded, n: int, compile: bool = False) -> list[int]:
     job = loaded.job(PROMPT, Sampling(0.0), max_tokens=n)
     job.stop_ids, job.banned = (), ()  # exactly n tokens, plain greedy as transformers does
-    engine = Engine(loaded.model, compile=compile)
+    engine = Engine(loaded.net, compile=compile)
     return [e.token for e in engine.generate([job]) if e.token is not None]
 
 
@@ -42,15 +43,20 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
-    loaded = load(args.run, "cpu")
+    loaded = tinylm.load(args.run, "cpu")
     hf = AutoModelForCausalLM.from_pretrained(args.run).eval()
     ids = torch.tensor([loaded.task.prompt(PROMPT).ids])
     n = min(args.tokens, loaded.cfg.model.context_length - ids.shape[1])  # no window slide
 
     def hf_tokens():
         with torch.no_grad():
-            out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                              pad_token_id=loaded.tokenizer.eos_id)  # fmt: skip
+            out = hf.generate(
+                ids,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=loaded.tokenizer.eos_id,
+            )
         return out[0, ids.shape[1] :].tolist()
 
     mine, theirs = tinylm_tokens(loaded, n), hf_tokens()
@@ -70,17 +76,23 @@ def main() -> None:
             rates[name].append(n / (time.perf_counter() - t0))
     rate = {name: statistics.median(r) for name, r in rates.items()}
     ref = rate["transformers"]
-    print(json.dumps({
-        "bench": "generate", "run": str(args.run), "new_tokens": n,
-        "same_tokens": sum(a == b for a, b in zip(mine, theirs, strict=True)),
-        "same_tokens_compiled": sum(a == b for a, b in zip(compiled, theirs, strict=True)),
-        "tinylm_tokens_per_s": round(rate["tinylm"], 1),
-        "tinylm_compiled_tokens_per_s": round(rate["tinylm_compiled"], 1),
-        "transformers_tokens_per_s": round(ref, 1),
-        "ratio": round(rate["tinylm"] / ref, 2),
-        "ratio_compiled": round(rate["tinylm_compiled"] / ref, 2),
-        "first_compiled_generation_s": round(compile_s, 1),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "generate",
+                "run": str(args.run),
+                "new_tokens": n,
+                "same_tokens": sum(a == b for a, b in zip(mine, theirs, strict=True)),
+                "same_tokens_compiled": sum(a == b for a, b in zip(compiled, theirs, strict=True)),
+                "tinylm_tokens_per_s": round(rate["tinylm"], 1),
+                "tinylm_compiled_tokens_per_s": round(rate["tinylm_compiled"], 1),
+                "transformers_tokens_per_s": round(ref, 1),
+                "ratio": round(rate["tinylm"] / ref, 2),
+                "ratio_compiled": round(rate["tinylm_compiled"] / ref, 2),
+                "first_compiled_generation_s": round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinylm.config import apply_overrides, load_preset
 from tinylm.data.batching import TokenWindows
+from tinylm.data.splits import TextData
 from tinylm.device import autocast, autocast_dtype, pick_device
 from tinylm.distributed import current
 from tinylm.models import Decoder, param_breakdown
 from tinylm.optim import make_optimizer
-from tinylm.train import forward_backward, prepare_model
+from tinylm.preset import apply_overrides, load_preset
+from tinylm.training.loop import forward_backward, prepare_model
 
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
@@ -79,7 +80,7 @@ def measure(cfg, device: torch.device, steps: int, warmup: int) -> dict:
     model = Decoder(cfg.model, vocab).to(device).train()  # random tokens: no tokenizer needed
     tokens = np.random.default_rng(0).integers(0, vocab, 4_000_000, dtype=np.int64)
     windows = TokenWindows(tokens.astype(np.uint16), cfg.model.context_length, t.batch_tokens, 0)
-    _, micro = cfg.batch_split(1)
+    _, micro = TextData.batch_split(cfg, 1)
     dtype = autocast_dtype(t.precision, device)
     flops = step_flops(model, windows.batch(0), device, dtype)
     optimizer = make_optimizer(model, t)

@@ -14,12 +14,12 @@ import time
 import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
-from tinylm.config import load_preset
-from tinylm.data.batching import WordBatches
+from tinylm.data.batching import PackedWordBatches
 from tinylm.data.words import load_words
 from tinylm.device import autocast
 from tinylm.models import build_model
 from tinylm.optim import make_optimizer
+from tinylm.preset import load_preset
 from tinylm.tokenizer import build_char
 
 WORDS = shared_data.WORDS / "train.txt"
@@ -31,7 +31,7 @@ def throughput(dtype, compiled: bool, steps: int = 40) -> tuple[float, float]:
     words = load_words(source)
     tok = build_char(words)
     cfg.model.context_length = 16
-    data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="decoder")
+    data = PackedWordBatches(words, tok, cfg.train.batch_tokens, seed=0)
     torch.manual_seed(0)
     model = build_model(cfg.model, tok)
     opt = make_optimizer(model, cfg.train)

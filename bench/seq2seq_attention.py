@@ -17,11 +17,11 @@ import time
 import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
-from tinylm.config import apply_overrides, load_preset
-from tinylm.data.batching import WordBatches
+from tinylm.data.batching import PrefixWordBatches
 from tinylm.data.words import load_words
 from tinylm.models import build_model
 from tinylm.optim import make_optimizer
+from tinylm.preset import apply_overrides, load_preset
 from tinylm.tokenizer import build_char
 
 WORDS = shared_data.WORDS / "train.txt"
@@ -39,7 +39,7 @@ def main() -> None:
     words = load_words(str(WORDS) if WORDS.is_file() else "words")
     tok = build_char(words)
     cfg.model.context_length = cfg.data.max_len + 1
-    data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="seq2seq")
+    data = PrefixWordBatches(words, tok, cfg.train.batch_tokens, seed=0)
     models, optimizers = {}, {}
     for impl in IMPLEMENTATIONS:
         torch.manual_seed(0)
@@ -61,9 +61,18 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
                 if i >= 5:  # the first steps of a round warm up
                     times[impl].append(time.perf_counter() - t0)
-            print(json.dumps({"round": r, "attention": impl,
-                              "ms_per_step": round(1000 * statistics.median(times[impl][-args.steps:]), 1)}),
-                  flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "round": r,
+                        "attention": impl,
+                        "ms_per_step": round(
+                            1000 * statistics.median(times[impl][-args.steps :]), 1
+                        ),
+                    }
+                ),
+                flush=True,
+            )
         step += args.steps + 5
     medians = {impl: round(1000 * statistics.median(t), 1) for impl, t in times.items()}
     print(json.dumps({"median_ms_per_step": medians}), flush=True)

@@ -33,8 +33,18 @@ import shared_data  # bench/shared_data.py: where the benchmark data lies
 
 DEFAULT_TEXT = shared_data.TEXT / "train.jsonl"
 HELD_OUT = DEFAULT_TEXT.with_name("val.jsonl")
-PROMPTS = ["Once upon a time", "The history of", "In the beginning", "She said that", "The king",
-           "It was a dark", "Scientists have found", "The river", "My dear friend", "When the war"]  # fmt: skip
+PROMPTS = [
+    "Once upon a time",
+    "The history of",
+    "In the beginning",
+    "She said that",
+    "The king",
+    "It was a dark",
+    "Scientists have found",
+    "The river",
+    "My dear friend",
+    "When the war",
+]
 
 
 def free_port() -> int:
@@ -45,8 +55,20 @@ def free_port() -> int:
 
 def small_model(seconds: float) -> Path:
     out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / "small-bpe"
-    cmd = [sys.executable, "-m", "tinylm.cli", "train", "pile-bpe", "--data", str(DEFAULT_TEXT),
-           "--out", str(out), "--time", str(seconds), "--no-report"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinylm.cli",
+        "train",
+        "pile-bpe",
+        "--data",
+        str(DEFAULT_TEXT),
+        "--out",
+        str(out),
+        "--time",
+        str(seconds),
+        "--no-report",
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out
 
@@ -63,12 +85,18 @@ def passages(n: int = 20, chars: int = 1000) -> list[str]:
 def request(kind: str, max_tokens: int, texts: list[str]) -> tuple[str, dict]:
     """(path, body) of one request of `kind`."""
     if kind == "score":
-        return "/v1/completions", {"prompt": random.choice(texts), "echo": True, "logprobs": 1,
-                                   "max_tokens": 0}  # fmt: skip
+        return "/v1/completions", {
+            "prompt": random.choice(texts),
+            "echo": True,
+            "logprobs": 1,
+            "max_tokens": 0,
+        }
     common = {"max_tokens": max_tokens, "stream": True, "temperature": 0.8}
     if kind == "chat":
-        return "/v1/chat/completions", {"messages": [{"role": "user",
-                                                      "content": random.choice(PROMPTS)}], **common}  # fmt: skip
+        return "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
+            **common,
+        }
     return "/v1/completions", {"prompt": random.choice(PROMPTS), **common}
 
 
@@ -122,8 +150,14 @@ async def client(http, base, stop_at, stats, max_tokens, mix, texts):
 
 
 async def load(base, clients, seconds, max_tokens, mix):
-    stats = {"requests": dict.fromkeys(mix, 0), "tokens": 0, "scored_tokens": 0, "ttft": [],
-             "score_latency": [], "errors": []}  # fmt: skip
+    stats = {
+        "requests": dict.fromkeys(mix, 0),
+        "tokens": 0,
+        "scored_tokens": 0,
+        "ttft": [],
+        "score_latency": [],
+        "errors": [],
+    }
     texts = passages()
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -162,8 +196,11 @@ def main() -> None:
     mix = {"completion": 1 - args.chat - args.score, "chat": args.chat, "score": args.score}
     run = args.run or small_model(args.train_seconds)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tinylm.cli", "serve", str(run), "--port", str(port)],
-                              stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tinylm.cli", "serve", str(run), "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60

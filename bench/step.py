@@ -20,12 +20,12 @@ import time
 import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
-from tinylm.config import apply_overrides, load_preset
-from tinylm.data.batching import WordBatches
+from tinylm.data.batching import PackedWordBatches
 from tinylm.data.words import load_words
 from tinylm.device import autocast, autocast_dtype, pick_device, to_device
 from tinylm.models import build_model
 from tinylm.optim import MuonAdamW, param_groups
+from tinylm.preset import apply_overrides, load_preset
 from tinylm.tokenizer import build_char
 
 WORDS = shared_data.WORDS / "train.txt"
@@ -34,7 +34,7 @@ WORDS = shared_data.WORDS / "train.txt"
 def profile(cfg, words, impl: str, device: torch.device, steps: int = 150) -> dict:
     tok = build_char(words)
     cfg.model.context_length = 16
-    data = WordBatches(words, tok, cfg.train.batch_tokens, seed=0, arch="decoder")
+    data = PackedWordBatches(words, tok, cfg.train.batch_tokens, seed=0)
     torch.manual_seed(0)
     model = build_model(cfg.model, tok).to(device)
     opt = make_optimizer(model, cfg.train, impl)
@@ -73,8 +73,9 @@ def make_optimizer(model, t, impl: str):
     if impl == "muon-torch":
         opt = MuonAdamW(model, t)
         hidden = opt.parts[0].param_groups[0]["params"]
-        opt.parts[0] = torch.optim.Muon(hidden, lr=t.lr, weight_decay=t.weight_decay,
-                                        adjust_lr_fn="match_rms_adamw")  # fmt: skip
+        opt.parts[0] = torch.optim.Muon(
+            hidden, lr=t.lr, weight_decay=t.weight_decay, adjust_lr_fn="match_rms_adamw"
+        )
         return opt
     flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     groups = param_groups(model, t.weight_decay)
@@ -85,8 +86,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="words")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--optimizers", default="loop,foreach,fused,muon,muon-torch",
-                   help="loop, foreach, fused (AdamW), muon (tinylm's), muon-torch")  # fmt: skip
+    p.add_argument(
+        "--optimizers",
+        default="loop,foreach,fused,muon,muon-torch",
+        help="loop, foreach, fused (AdamW), muon (tinylm's), muon-torch",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))

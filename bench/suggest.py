@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm.inference import load
-from tinylm.inference.search import likeliest_words
+import tinylm
 
 DEMO = ["fin", "inv", "tra", "mar", "ban", "com", "acc"]
 
@@ -46,13 +45,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     run = args.run or train_default()
-    loaded = load(run, "cpu")
-    words = [w for w in loaded.run.read_split("val") if len(w) >= 4]
+    models = {False: tinylm.load(run, "cpu")}
+    if args.compile:
+        models[True] = tinylm.load(run, "cpu", compile=True)
+    words = [w for w in models[False].run.read_split("val") if len(w) >= 4]
     prefixes = [w[:3] for w in random.Random(0).sample(words, min(args.prefixes, len(words)))]
 
     def search(prefix, compile=False):
         t0 = time.perf_counter()
-        found = likeliest_words(loaded.model, loaded.task, prefix, args.k, compile=compile)
+        found = models[compile].complete(prefix, args.k)[0]
         return found, (time.perf_counter() - t0) * 1000
 
     search(prefixes[0])  # warm up
@@ -68,17 +69,30 @@ def main() -> None:
             times["compiled"].append(ms)
             differ += [s.word for s in found.words] != [s.word for s in same.words]
     demo = {
-        prefix: [(s.word, round(s.probability, 4)) for s in
-                 likeliest_words(loaded.model, loaded.task, prefix, args.k).words]
-        for prefix in DEMO
-    }  # fmt: skip
-    print(json.dumps({
-        "bench": "suggest", "run": str(run), "k": args.k, "prefixes": len(prefixes),
-        **{f"{name}_p{q}_ms": round(percentile(ms, q), 2)
-           for name, ms in times.items() if ms for q in (50, 99)},
-        "compile_s": compile_ms and round(compile_ms / 1000, 1),
-        "inexact": inexact, "compiled_differ": differ, "demo": demo,
-    }))  # fmt: skip
+        words.prefix: [(w.word, round(w.probability, 4)) for w in words.words]
+        for words in models[False].complete(DEMO, args.k)
+    }
+    figures = {
+        f"{name}_p{q}_ms": round(percentile(ms, q), 2)
+        for name, ms in times.items()
+        if ms
+        for q in (50, 99)
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "suggest",
+                "run": str(run),
+                "k": args.k,
+                "prefixes": len(prefixes),
+                **figures,
+                "compile_s": compile_ms and round(compile_ms / 1000, 1),
+                "inexact": inexact,
+                "compiled_differ": differ,
+                "demo": demo,
+            }
+        )
+    )
 
 
 def percentile(ms: list[float], q: int) -> float:

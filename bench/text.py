@@ -26,23 +26,23 @@ from pathlib import Path
 import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
-from tinylm import training_data
-from tinylm.config import apply_overrides, load_preset
+import tinylm
+from tinylm.data.splits import TextData
 from tinylm.data.text import load_corpus
 from tinylm.evaluate import evaluate_text
-from tinylm.inference import Engine, Sampling, load
+from tinylm.inference import Engine, Sampling
 from tinylm.models import param_breakdown
-from tinylm.train import train_run
+from tinylm.preset import apply_overrides, load_preset
 
 
 def generation_speed(loaded, tokens: int = 200) -> float:
     """Batch-1 tokens per second through the engine (key/value cache), never stopping early."""
     loaded.task.stop_ids = ()
     sampling = Sampling(1.0)
-    list(loaded.stream("The history of the", sampling, max_tokens=8, seed=0))  # warm up
+    loaded.generate("The history of the", max_new_tokens=8, seed=0)  # warm up
     job = loaded.job("The history of the", sampling, max_tokens=tokens, seed=0)
     t0 = time.perf_counter()
-    n = sum(e.token is not None for e in Engine(loaded.model).generate([job]))
+    n = sum(e.token is not None for e in Engine(loaded.net).generate([job]))
     return n / (time.perf_counter() - t0)
 
 
@@ -70,20 +70,21 @@ def main() -> None:
         os.environ["TINYLM_CACHE"] = str(scratch / "cache")
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch / "compile-cache"))
     t0 = time.perf_counter()
-    run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
+    trained = tinylm.train(cfg, out=out, progress=sys.stderr.isatty())
+    run, summary = trained.dir, trained.summary
     wall = time.perf_counter() - t0
 
-    loaded = load(run.path)
-    cfg, model, tokenizer = loaded.cfg, loaded.model, loaded.tokenizer
+    loaded = trained.load()
+    cfg, model, tokenizer = loaded.cfg, loaded.net, loaded.tokenizer
     held_out = load_corpus(str(args.data / "val.jsonl")).documents
-    corpus, split = training_data.text_split(run, cfg)
-    counts = training_data.train_token_counts(cfg, corpus, split, tokenizer)
-    result = evaluate_text(model, tokenizer, held_out, context=cfg.model.context_length,
-                           unigram_counts=counts)  # fmt: skip
+    data = TextData.reload(run, cfg)
+    counts = data.train_token_counts(tokenizer)
+    context = cfg.model.context_length
+    result = evaluate_text(model, tokenizer, held_out, context=context, unigram_counts=counts)
+    result = result.to_dict()
     # Choose settings on this: bits per byte on the validation documents carved from train.jsonl
     # (val.jsonl is the benchmark's held-out text, for the figure reported once per setting kept).
-    val_docs = [corpus.documents[i] for i in split["val"]]
-    val = evaluate_text(model, tokenizer, val_docs, context=cfg.model.context_length)
+    val = evaluate_text(model, tokenizer, data.documents("val"), context=context).to_dict()
 
     print(
         json.dumps(

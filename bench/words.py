@@ -23,13 +23,12 @@ from pathlib import Path
 import shared_data  # bench/shared_data.py: where the benchmark data lies
 import torch
 
-from tinylm.config import apply_overrides, load_preset
+import tinylm
 from tinylm.data.words import load_words
 from tinylm.evaluate import evaluate_words
-from tinylm.inference import Engine, Sampling, load
-from tinylm.inference.search import likeliest_words
+from tinylm.inference import Engine, Sampling
 from tinylm.models import param_breakdown
-from tinylm.train import train_run
+from tinylm.preset import apply_overrides, load_preset
 
 DEMO = ["fin", "inv", "tra", "mar", "ban", "com", "acc"]
 VAL_PREFIXES = 500
@@ -58,27 +57,30 @@ def main() -> None:
     # torch.compile into an empty cache, as a user's first `tinylm train`: warm from an earlier
     # run of the same shapes, the first step took 3 s against 17-34 s, a tenth of the budget
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch / "compile-cache"))
-    run, summary = train_run(cfg, out, show_progress=sys.stderr.isatty())
+    trained = tinylm.train(cfg, out=out, progress=sys.stderr.isatty())
+    run, summary = trained.dir, trained.summary
 
-    loaded = load(run.path)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    loaded = trained.load()
+    model, tokenizer = loaded.net, loaded.tokenizer
     test = load_words(str(args.data / "test.txt"))
     train = run.read_split("train")
-    val = evaluate_words(model, tokenizer, run.read_split("val"), train)
-    result = evaluate_words(model, tokenizer, test, train)
+    val = evaluate_words(model, tokenizer, run.read_split("val"), train).to_dict()
+    result = evaluate_words(model, tokenizer, test, train).to_dict()
     dictionary = set(train) | set(run.read_split("val")) | set(test)
-    demo = [s.word for s in (likeliest_words(model, loaded.task, p, 1).words[0] for p in DEMO)]
+    demo = [words.words[0].word for words in loaded.complete(DEMO, 1)]
     greedy = [p + loaded.sample([p], Sampling(0))[0].text for p in DEMO]
     # The demo's seven greedy words move a lot from run to run: tune on this instead, the share
     # of greedy completions that are words, over the distinct 3-letter prefixes of validation words.
     val_prefixes = sorted({w[:3] for w in run.read_split("val")})
     val_prefixes = random.Random(0).sample(val_prefixes, min(VAL_PREFIXES, len(val_prefixes)))
-    val_greedy = [p + c.text for p, c in zip(val_prefixes, loaded.sample(val_prefixes, Sampling(0)), strict=True)]  # fmt: skip
+    greedy_rest = loaded.sample(val_prefixes, Sampling(0))
+    val_greedy = [p + c.text for p, c in zip(val_prefixes, greedy_rest, strict=True)]
     in_dictionary = sum(w in dictionary for w in val_greedy)
     prefixes = [w[:3] for w in test[:200]]
-    greedy_ms = latencies(lambda p: list(Engine(model).generate([loaded.job(p, Sampling(0))])),
-                          prefixes)  # fmt: skip
-    top5_ms = latencies(lambda p: likeliest_words(model, loaded.task, p, 5), prefixes)
+    greedy_ms = latencies(
+        lambda p: list(Engine(model).generate([loaded.job(p, Sampling(0))])), prefixes
+    )
+    top5_ms = latencies(lambda p: loaded.complete(p, 5), prefixes)
 
     print(
         json.dumps(

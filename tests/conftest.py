@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylm.config import apply_overrides, load_preset
+from tinylm.preset import apply_overrides, load_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -41,6 +41,15 @@ def words_file(tmp_path_factory) -> Path:
     return path
 
 
+def train_run(cfg, out, *, resume=False, should_stop=None, show_progress=False, device="auto"):
+    """Train a test's config through the path `tinylm.train` takes, with the loop's test hook
+    (`should_stop`, polled after every step); returns (run directory, summary)."""
+    from tinylm import training
+
+    p = training.plan(cfg, out=out, resume=resume)
+    return training.run(p, should_stop=should_stop, show_progress=show_progress, device=device)
+
+
 def tiny_config(preset="words", data=None, steps=150, extra=()):
     cfg = apply_overrides(load_preset(preset), [*TINY_MODEL, *extra])
     cfg.train.time, cfg.train.max_steps = None, steps
@@ -52,8 +61,6 @@ def tiny_config(preset="words", data=None, steps=150, extra=()):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, words_file):
     """A decoder trained for 150 steps on 4,000 words (a few seconds)."""
-    from tinylm.train import train_run
-
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run, summary = train_run(tiny_config(data=words_file), out, show_progress=False)
     return run
@@ -119,8 +126,6 @@ def token_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def text_runs(tmp_path_factory, text_file):
     """A tiny word-level and a tiny BPE run on the synthetic corpus."""
-    from tinylm.train import train_run
-
     runs = {}
     for preset, extra in (
         ("pile-word", ["tokenizer.vocab_size=400"]),

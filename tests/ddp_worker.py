@@ -10,20 +10,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 import tinylm.atomic
 import tinylm.runs
-import tinylm.train
+import tinylm.training
+import tinylm.training.loop
 from tinylm.cli import main
 
 report, argv = sys.argv[1], sys.argv[2:]
 rank = int(os.environ["RANK"])
 writes, checksums, summaries = [], {}, []
 
-original_atomic_write, original_log = tinylm.atomic.atomic_write, tinylm.runs.Run.log
+original_atomic_write, original_log = tinylm.atomic.atomic_write, tinylm.runs.RunDir.log
 tinylm.atomic.atomic_write = lambda path, write: (
     writes.append(str(path)),
     original_atomic_write(path, write),
 )[1]
-tinylm.runs.Run.log = lambda self, record: (writes.append("metrics"), original_log(self, record))[1]
-original_fit = tinylm.train.fit
+tinylm.runs.RunDir.log = lambda self, record: (
+    writes.append("metrics"),
+    original_log(self, record),
+)[1]
+original_fit = tinylm.training.fit
 
 
 def fit(run, cfg, model, *args, **kwargs):
@@ -33,9 +37,9 @@ def fit(run, cfg, model, *args, **kwargs):
     return summary
 
 
-tinylm.train.fit = fit
+tinylm.training.fit = fit
 micro, no_sync = [], []  # targets per micro-batch; entries into DDP's no_sync
-original_micro_batches = tinylm.train.micro_batches
+original_micro_batches = tinylm.training.loop.micro_batches
 
 
 def micro_batches(batch, max_tokens):
@@ -44,11 +48,20 @@ def micro_batches(batch, max_tokens):
     return parts
 
 
-tinylm.train.micro_batches = micro_batches
+tinylm.training.loop.micro_batches = micro_batches
 original_no_sync = DistributedDataParallel.no_sync
 DistributedDataParallel.no_sync = lambda self: (no_sync.append(1), original_no_sync(self))[1]
 code = main(argv)
 with open(f"{report}.rank{rank}.json", "w") as f:
-    json.dump({"code": code, "writes": writes, "checksums": checksums, "summaries": summaries,
-               "micro": micro, "no_sync": len(no_sync)}, f)  # fmt: skip
+    json.dump(
+        {
+            "code": code,
+            "writes": writes,
+            "checksums": checksums,
+            "summaries": summaries,
+            "micro": micro,
+            "no_sync": len(no_sync),
+        },
+        f,
+    )
 sys.exit(code)

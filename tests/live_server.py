@@ -48,7 +48,7 @@ def slow_down(app, seconds: float) -> None:
     a tiny model samples it within a few tokens now and then), so tests can see requests in
     flight."""
     app.state.server.task.stop_ids = ()
-    model = app.state.server.loaded.model
+    model = app.state.server.model.net
     forward = model.forward
 
     def slow(*args, **kwargs):
@@ -65,8 +65,9 @@ def post(server, body, timeout=30, **kwargs):
 def stream_events(server, body, **kwargs):
     """The parsed events of a streamed completion (an error event is {"error": ...})."""
     events = []
-    with httpx.stream("POST", f"{server.url}/v1/completions", json={**body, "stream": True},
-                      timeout=60, **kwargs) as response:  # fmt: skip
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json={**body, "stream": True}, timeout=60, **kwargs
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":

@@ -77,8 +77,9 @@ def test_complete_gives_the_likeliest_distinct_words_with_probabilities(tiny_run
         probs = [r["probability"] for r in mine]
         assert probs == sorted(probs, reverse=True) and 0 < probs[-1] and sum(probs) <= 1
     # --temperature 0 --num N: the N likeliest words, not one word N times
-    code, greedy, _ = run_cli(capsys, "complete", tiny_run.path, "fin", "--temperature", 0,
-                              "--num", 3, "--json")  # fmt: skip
+    code, greedy, _ = run_cli(
+        capsys, "complete", tiny_run.path, "fin", "--temperature", 0, "--num", 3, "--json"
+    )
     assert [json.loads(x) for x in greedy.splitlines()] == rows[:3]
 
 
@@ -90,8 +91,18 @@ def test_sampled_completions_are_reproducible_and_respect_options(tiny_run, caps
     lines = first.strip().splitlines()
     assert lines[0].split()[0] == "fin" and len(lines[0].split()) == 5
     assert all(w.startswith("fin") for w in lines[0].split()[1:])
-    code, short, _ = run_cli(capsys, "complete", tiny_run.path, "ban", "--max-length", 5,
-                             "--num", 8, "--temperature", 1.5)  # fmt: skip
+    code, short, _ = run_cli(
+        capsys,
+        "complete",
+        tiny_run.path,
+        "ban",
+        "--max-length",
+        5,
+        "--num",
+        8,
+        "--temperature",
+        1.5,
+    )
     assert code == 0 and all(len(w.rstrip("…")) <= 5 for w in short.split()[1:])
 
 
@@ -229,6 +240,7 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
-    result = subprocess.run([sys.executable, "-m", "tinylm.cli", "train", "--help"],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "tinylm.cli", "train", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "--device" in result.stdout and "--resume" in result.stdout

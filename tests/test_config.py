@@ -1,7 +1,8 @@
 import pytest
 
-from tinylm.config import RunConfig, apply_overrides, load_preset, parse_duration, preset_names
+from tinylm.config import RunConfig
 from tinylm.errors import UserError
+from tinylm.preset import apply_overrides, load_preset, parse_duration, preset_names
 
 
 def test_presets_load_and_round_trip(tmp_path):
@@ -84,7 +85,9 @@ def test_every_number_and_choice_has_its_rule_beside_it():
 
 
 def test_every_preset_passes_its_own_checks():
+    from tinylm.tasks import data_for
+
     for name in preset_names():
         cfg = load_preset(name)
-        assert cfg.batch_split(1)[0] == cfg.train.batch_tokens
+        assert data_for(cfg).batch_split(cfg, 1)[0] == cfg.train.batch_tokens
         cfg.check()

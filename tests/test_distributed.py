@@ -19,9 +19,22 @@ NOISE = ("Traceback", "terminate called", "gloo", "Gloo", "Aborted")
 
 
 def train_args(out, data, steps) -> list[str]:
-    return ["train", "pile-bpe", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
-            "--no-report", *TINY_MODEL, *TINY_TEXT_MODEL, "tokenizer.vocab_size=300",
-            "train.eval_every=5", "train.micro_batch_tokens=128"]  # fmt: skip
+    return [
+        "train",
+        "pile-bpe",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--no-report",
+        *TINY_MODEL,
+        *TINY_TEXT_MODEL,
+        "tokenizer.vocab_size=300",
+        "train.eval_every=5",
+        "train.micro_batch_tokens=128",
+    ]
 
 
 def worker_env() -> dict:
@@ -33,11 +46,20 @@ def start_ranks(report, argv) -> list[subprocess.Popen]:
     port = str(free_port())
     procs = []
     for rank in (0, 1):
-        env = {**worker_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+        env = {
+            **worker_env(),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
         cmd = [sys.executable, str(HERE / "ddp_worker.py"), str(report), *argv]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     return procs
 
 
@@ -47,9 +69,16 @@ def finish(procs, timeout=240) -> list[tuple[int, str]]:
 
 def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_path, text_file):
     out, report = tmp_path / "ddp", tmp_path / "report"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), str(report),
-           *train_args(out, text_file, 12)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(HERE / "ddp_worker.py"),
+        str(report),
+        *train_args(out, text_file, 12),
+    ]
     result = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not [n for n in NOISE if n in result.stderr], result.stderr[-3000:]
@@ -59,8 +88,11 @@ def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_pa
     assert s0["step"] == s1["step"] == 12
     assert r0["checksums"] == r1["checksums"]  # DDP kept the replicas identical
     assert r0["writes"] and not r1["writes"]  # only rank 0 touched the run directory
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-             if "loss" in line and "val_loss" not in line]  # fmt: skip
+    steps = [
+        json.loads(line)["step"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "loss" in line and "val_loss" not in line
+    ]
     assert steps == sorted(set(steps))  # one writer: no duplicated log lines
     # train.batch_tokens is the global batch: 2 ranks x 2 micro-batches x 12 steps account for
     # it exactly, and DDP averages the gradients once per step, on the last micro-batch

@@ -26,14 +26,21 @@ class Bigram(torch.nn.Module):
     def forward(self, input_ids, targets=None, **_):
         return ModelOutput(logits=self.table[input_ids])
 
+    def read(self, ids):  # the model contract's scoring read (models/__init__.py)
+        return self(ids).logits
+
 
 def test_m1_and_m2_on_three_words_worked_by_hand():
     tok = build_char(["ab", "ba", "abb"])
     sos, eos, a, b = tok.bos_id, tok.eos_id, tok.encode("a")[0], tok.encode("b")[0]
     table = torch.full((tok.vocab_size, tok.vocab_size), -math.inf)
-    for prev, probs in {sos: (1 / 2, 1 / 4, 1 / 4), a: (1 / 4, 1 / 2, 1 / 4), b: (1 / 4, 1 / 4, 1 / 2)}.items():  # fmt: skip
+    for prev, probs in {
+        sos: (1 / 2, 1 / 4, 1 / 4),
+        a: (1 / 4, 1 / 2, 1 / 4),
+        b: (1 / 4, 1 / 4, 1 / 2),
+    }.items():
         table[prev, [a, b, eos]] = torch.tensor(probs).log()
-    result = evaluate_words(Bigram(table), tok, ["ab", "ba", "abb"], ["ab"])
+    result = evaluate_words(Bigram(table), tok, ["ab", "ba", "abb"], ["ab"]).to_dict()
     # bits per target: ab = a|^ 1, b|a 1, eos|b 1; ba = b|^ 2, a|b 2, eos|a 2;
     # abb = a|^ 1, b|a 1, b|b 2, eos|b 1: 14 bits over 10 targets
     assert result["targets"] == 10
@@ -71,11 +78,13 @@ def full_forward_nll(model, ids: list[int]) -> tuple[float, int]:
 def test_a_short_document_is_scored_as_one_full_forward():
     tok = build_bpe(synthetic_documents(20, 40), vocab_size=300)
     torch.manual_seed(0)
-    model = Decoder(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=64), tok.vocab_size).eval()  # fmt: skip
+    model = Decoder(
+        ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=64), tok.vocab_size
+    ).eval()
     doc = synthetic_documents(1, 12, seed=5)[0][:60]
     ids = [tok.bos_id, *tok.encode(doc)]
     assert 10 < len(ids) <= 64
-    got = evaluate_text(model, tok, [doc], context=64)
+    got = evaluate_text(model, tok, [doc], context=64).to_dict()
     nll, hits = full_forward_nll(model, ids)
     assert got["tokens"] == len(ids) - 1
     assert got["loss_per_token"] * got["tokens"] == pytest.approx(nll, rel=1e-5)
@@ -85,9 +94,13 @@ def test_a_short_document_is_scored_as_one_full_forward():
 
 def test_windows_score_every_token_once_with_its_own_target():
     tok = build_bpe(synthetic_documents(20, 40), vocab_size=300)
-    model = Bigram(torch.randn(tok.vocab_size, tok.vocab_size, generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    model = Bigram(
+        torch.randn(tok.vocab_size, tok.vocab_size, generator=torch.Generator().manual_seed(0))
+    )
     docs = synthetic_documents(3, 60, seed=7)
-    got = evaluate_text(model, tok, docs, context=8)  # many overlapping windows per document
+    got = evaluate_text(
+        model, tok, docs, context=8
+    ).to_dict()  # many overlapping windows per document
     nll = sum(full_forward_nll(model, [tok.bos_id, *tok.encode(d)])[0] for d in docs)
     assert got["tokens"] == sum(len(tok.encode(d)) for d in docs) > 300
     assert got["loss_per_token"] * got["tokens"] == pytest.approx(nll, rel=1e-5)
@@ -98,8 +111,10 @@ def test_word_level_bits_per_byte_charge_each_unknown_word_8_bits_a_byte():
     doc = "The cat saw a zebra."  # saw, a, zebra are unknown: 3 + 1 + 5 = 9 bytes hidden
     ids = [tok.bos_id, *tok.encode(doc)]
     assert [tok.id_to_token(i) for i in ids[1:]] == ["the", "cat", "<UNK>", "<UNK>", "<UNK>"]
-    model = Bigram(torch.randn(tok.vocab_size, tok.vocab_size, generator=torch.Generator().manual_seed(1)))  # fmt: skip
-    got = evaluate_text(model, tok, [doc], context=16)
+    model = Bigram(
+        torch.randn(tok.vocab_size, tok.vocab_size, generator=torch.Generator().manual_seed(1))
+    )
+    got = evaluate_text(model, tok, [doc], context=16).to_dict()
     nll, _ = full_forward_nll(model, ids)
     assert got["unk_rate"] == pytest.approx(3 / 5)
     assert got["unk_bits_per_byte"] == pytest.approx(8 * 9 / 20)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY_TEXT_MODEL, tiny_config
+from tinylm import load
 from tinylm.cli import main
-from tinylm.explain import attention
-from tinylm.inference import load
 from tinylm.models.decoder import rotate_half
 
 
@@ -24,13 +23,15 @@ def run_cli(capsys, *argv):
 @torch.no_grad()
 def test_attention_weights_equal_a_recomputation_from_queries_and_keys(text_runs):
     loaded = load(text_runs["pile-bpe"].path)
-    model, text = loaded.model, "The river ran"
-    [m] = attention(loaded, text)
+    model, text = loaded.net, "The river ran"
+    [m] = loaded.attention(text)
     ids = loaded.task.prompt(text).ids
     captured = {}
     layer = model.model.layers[1]
-    hooks = [layer.self_attn.q_proj.register_forward_hook(lambda *a: captured.update(q=a[2])),
-             layer.self_attn.k_proj.register_forward_hook(lambda *a: captured.update(k=a[2]))]  # fmt: skip
+    hooks = [
+        layer.self_attn.q_proj.register_forward_hook(lambda *a: captured.update(q=a[2])),
+        layer.self_attn.k_proj.register_forward_hook(lambda *a: captured.update(k=a[2])),
+    ]
     x = torch.tensor([ids], device=loaded.device)
     plain = model(x).logits
     for h in hooks:
@@ -63,14 +64,17 @@ def test_attention_command_json_and_picture(text_runs, tmp_path, capsys):
 
 
 def test_encoder_decoder_shows_three_kinds_of_attention(tmp_path, words_file):
-    from tinylm.train import train_run
+    from conftest import train_run
 
     extra = ["model.d_model=32", "model.n_heads=2", "model.n_layers=1"]
     cfg = tiny_config("words-seq2seq", data=words_file, steps=2, extra=extra)
     run, _ = train_run(cfg, tmp_path / "s2s", show_progress=False)
-    maps = attention(load(run.path), "fin")
-    assert [m.name for m in maps] == ["encoder self-attention", "decoder self-attention",
-                                      "cross-attention"]  # fmt: skip
+    maps = load(run.path).attention("fin")
+    assert [m.name for m in maps] == [
+        "encoder self-attention",
+        "decoder self-attention",
+        "cross-attention",
+    ]
     enc, dec, cross = (m.weights for m in maps)
     assert enc.shape == (1, 2, 5, 5) and dec.shape == (1, 2, 4, 4) and cross.shape == (1, 2, 4, 5)
     assert maps[2].keys == ["<sos>", "f", "i", "n", "<eos>"] and maps[2].queries[0] == "<sos>"
@@ -103,8 +107,9 @@ def test_token_surprise_of_a_word_is_its_m1(tiny_run, tmp_path, capsys):
     tokens = json.loads(out)
     assert [t["piece"] for t in tokens] == [*"market", ""]  # the last: end of word
     (tmp_path / "w.txt").write_text("market\n")
-    code, out, _ = run_cli(capsys, "eval", tiny_run.path, "--data", tmp_path / "w.txt", "--json",
-                           "--samples", 0)  # fmt: skip
+    code, out, _ = run_cli(
+        capsys, "eval", tiny_run.path, "--data", tmp_path / "w.txt", "--json", "--samples", 0
+    )
     m1 = json.loads(out)["bits_per_char"]
     assert sum(t["bits"] for t in tokens) == pytest.approx(m1 * 7, rel=1e-5)
 
@@ -115,19 +120,27 @@ def test_tokens_without_a_terminal_has_no_colour(tiny_run, capsys):
 
 
 def test_a_run_without_a_causal_mask_says_its_loss_is_not_real(text_file, tmp_path, capsys):
-    from tinylm.train import train_run
+    from conftest import train_run
 
     # AdamW at 1e-2: the cheat learns to copy within 100 steps (Muon, the preset's, is slower here)
     extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300", "train.lr=0.01", "train.optimizer=adamw"]
-    causal, _ = train_run(tiny_config("pile-bpe", data=text_file, steps=100, extra=extra),
-                          tmp_path / "causal", show_progress=False)  # fmt: skip
-    cheat, _ = train_run(tiny_config("pile-bpe", data=text_file, steps=100,
-                                     extra=[*extra, "model.causal=false"]),
-                         tmp_path / "cheat", show_progress=False)  # fmt: skip
+    causal, _ = train_run(
+        tiny_config("pile-bpe", data=text_file, steps=100, extra=extra),
+        tmp_path / "causal",
+        show_progress=False,
+    )
+    cheat, _ = train_run(
+        tiny_config("pile-bpe", data=text_file, steps=100, extra=[*extra, "model.causal=false"]),
+        tmp_path / "cheat",
+        show_progress=False,
+    )
     best = lambda run: min(r["val_loss"] for r in run.metrics() if "val_loss" in r)  # noqa: E731
     assert best(cheat) < 0.5 * best(causal)  # it sees the answer
-    for argv in (["info", cheat.path], ["eval", cheat.path, "--json"],
-                 ["generate", cheat.path, "x", "--max-new-tokens", 3]):  # fmt: skip
+    for argv in (
+        ["info", cheat.path],
+        ["eval", cheat.path, "--json"],
+        ["generate", cheat.path, "x", "--max-new-tokens", 3],
+    ):
         code, out, err = run_cli(capsys, *argv)
         assert code == 0 and "without a causal mask" in out + err
     code, out, err = run_cli(capsys, "info", causal.path)
@@ -135,8 +148,15 @@ def test_a_run_without_a_causal_mask_says_its_loss_is_not_real(text_file, tmp_pa
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed")

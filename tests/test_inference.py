@@ -1,13 +1,15 @@
 """The engine against an independent reference: a plain model, full forward, no cache."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tinylm import load
 from tinylm.config import ModelConfig
 from tinylm.device import compile_unavailable
-from tinylm.inference import Engine, Job, Sampling, SamplingError, load
+from tinylm.inference import Engine, Job, Sampling, SamplingError
 from tinylm.inference.sampling import GREEDY_BELOW, choose, make_generator
 from tinylm.models import Decoder, Seq2Seq
 
@@ -86,16 +88,17 @@ def test_engine_logits_equal_a_plain_decoder_with_windows_sliding_while_others_r
 @torch.no_grad()
 def test_engine_logits_equal_a_plain_encoder_decoder():
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="seq2seq", d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                      context_length=16)  # fmt: skip
-    model = Seq2Seq.build(cfg, VOCAB, bos_id=1, eos_id=2, pad_id=0).eval()
-    encoder_inputs = [[1, 7, 8, 9, 2], [1, 11, 2], [1, 20, 21, 22, 23, 24, 2]]
-    jobs = [new_job([1], 8, encoder=e, seed=i) for i, e in enumerate(encoder_inputs)]
+    cfg = ModelConfig(arch="seq2seq", d_model=32, n_layers=2, n_heads=2, d_ff=64, context_length=16)
+    tokenizer = SimpleNamespace(vocab_size=VOCAB, bos_id=1, eos_id=2, pad_id=0)
+    model = Seq2Seq.build(cfg, tokenizer).eval()
+    # the decoder reads `<sos> prefix`; the encoder reads `<sos> prefix <eos>`
+    prompts = [[1, 7, 8, 9], [1, 11], [1, 20, 21, 22, 23, 24]]
+    jobs = [new_job(p, 8, seed=i) for i, p in enumerate(prompts)]
     seen, tokens, _ = run_recording_logits(Engine(model, rows=3), jobs)
     for job in jobs:
-        history = [1]
+        history = list(job.prompt)
         for step, got in enumerate(seen[id(job)]):
-            x = torch.tensor([job.encoder])
+            x = torch.tensor([[*job.prompt, 2]])
             want = model.hf(input_ids=x, decoder_input_ids=torch.tensor([history])).logits[0, -1]
             assert (got - want).abs().max() <= 1e-4
             if step < len(tokens[id(job)]):
@@ -203,8 +206,7 @@ def word_run(request, tiny_run, words_file, tmp_path_factory):
         pytest.skip(why)
     if request.param in ("decoder", "compiled decoder"):
         return tiny_run, request.param == "compiled decoder"
-    from conftest import tiny_config
-    from tinylm.train import train_run
+    from conftest import tiny_config, train_run
 
     preset, extra = "words", ["model.causal=false"]
     if request.param == "encoder-decoder":
@@ -215,12 +217,10 @@ def word_run(request, tiny_run, words_file, tmp_path_factory):
 
 
 def test_likeliest_words_are_exact_and_their_probabilities_are_the_chain_rule(word_run):
-    from tinylm.inference.search import likeliest_words
-
     word_run, compile = word_run
-    loaded = load(word_run.path)
-    model, task, tok = loaded.model, loaded.task, loaded.tokenizer
-    result = likeliest_words(model, task, "ca", k=5, compile=compile)
+    loaded = load(word_run.path, compile=compile)
+    model, tok = loaded.net, loaded.tokenizer
+    result = loaded.complete("ca", 5)["ca"]
     assert result.exact and len(result.words) == 5
     probs = [s.probability for s in result.words]
     assert probs == sorted(probs, reverse=True) and len({s.word for s in result.words}) == 5

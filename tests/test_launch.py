@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL
 from tinylm.cli import main
 from tinylm.errors import UserError
-from tinylm.launch import default_out
-from tinylm.runs import Run
+from tinylm.runs import RunDir
+from tinylm.training import default_out
 
 
 def run_cli(capsys, *argv):
@@ -44,15 +44,26 @@ def assert_same_run(a: Path, b: Path) -> None:
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     keys = ("step", "tokens", "loss", "val_loss", "lr")
-    log = lambda d: [tuple(r.get(k) for k in keys) for r in Run(d).metrics()]  # noqa: E731
+    log = lambda d: [tuple(r.get(k) for k in keys) for r in RunDir(d).metrics()]  # noqa: E731
     assert log(a) == log(b)
 
 
 @pytest.fixture
 def small_run(tmp_path, words_file, capsys):
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "words", "--data", words_file, "--out", out,
-                           "--max-steps", 5, "--no-report", *TINY_MODEL)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "words",
+        "--data",
+        words_file,
+        "--out",
+        out,
+        "--max-steps",
+        5,
+        "--no-report",
+        *TINY_MODEL,
+    )
     assert code == 0, err
     return out
 
@@ -79,12 +90,25 @@ def test_arguments_that_contradict_the_saved_run_are_refused(small_run, capsys, 
 def test_agreeing_arguments_are_accepted_and_max_steps_extends_the_run(
     small_run, words_file, capsys
 ):
-    code, _, err = run_cli(capsys, "train", "words", "--resume", "--out", small_run, "--data",
-                           words_file, "--seed", 1337, "--max-steps", 12, "train.lr=0.003",
-                           "--no-report")  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "words",
+        "--resume",
+        "--out",
+        small_run,
+        "--data",
+        words_file,
+        "--seed",
+        1337,
+        "--max-steps",
+        12,
+        "train.lr=0.003",
+        "--no-report",
+    )
     assert code == 0, err
     assert checkpoint_state(small_run)["step"] == 12
-    cfg = Run.open(small_run).config()
+    cfg = RunDir.open(small_run).config()
     assert cfg.train.max_steps == 12 and cfg.train.time is None  # the new total budget, saved
 
 
@@ -92,7 +116,7 @@ def test_a_bare_resume_keeps_the_saved_budget_not_the_presets(small_run, capsys)
     code, _, err = run_cli(capsys, "train", "--resume", "--out", small_run, "--no-report")
     assert code == 0, err
     assert checkpoint_state(small_run)["step"] == 5  # it had finished: nothing more to do
-    assert Run.open(small_run).config().train.time is None  # not the preset's 300 s
+    assert RunDir.open(small_run).config().train.time is None  # not the preset's 300 s
 
 
 def test_resume_finds_runs_of_its_preset_only(tmp_path, monkeypatch):
@@ -122,8 +146,19 @@ def test_a_time_budget_run_resumed_uses_the_time_it_had_left(tmp_path, words_fil
 
     budget = 4
     ctrl_c_once_training(after=2.5)
-    code, _, err = run_cli(capsys, "train", "words", "--data", words_file, "--out", out,
-                           "--time", budget, "--no-report", *TINY_MODEL)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "words",
+        "--data",
+        words_file,
+        "--out",
+        out,
+        "--time",
+        budget,
+        "--no-report",
+        *TINY_MODEL,
+    )
     assert code == 130, err
     first = checkpoint_state(out)["elapsed"]
     assert 1 < first < budget
@@ -146,15 +181,25 @@ def test_a_time_budget_run_resumed_uses_the_time_it_had_left(tmp_path, words_fil
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(
     tmp_path, words_file, capsys, monkeypatch
 ):
-    args = ["train", "words", "--data", words_file, "--max-steps", 30, "--no-report",
-            *TINY_MODEL, "train.eval_every=10", "model.dropout=0.1"]  # fmt: skip
+    args = [
+        "train",
+        "words",
+        "--data",
+        words_file,
+        "--max-steps",
+        30,
+        "--no-report",
+        *TINY_MODEL,
+        "train.eval_every=10",
+        "model.dropout=0.1",
+    ]
     code, _, err = run_cli(capsys, *args, "--out", tmp_path / "whole")
     assert code == 0, err
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # as if the process died right after creating the run
 
-    monkeypatch.setattr("tinylm.train.fit", killed)
+    monkeypatch.setattr("tinylm.training.fit", killed)
     assert run_cli(capsys, *args, "--out", tmp_path / "part")[0] == 130
     monkeypatch.undo()
     assert checkpoint_state(tmp_path / "part")["step"] == 0
@@ -164,15 +209,27 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(
 
 
 def test_a_creation_cut_short_leaves_no_run_and_is_cleaned_up(tmp_path, words_file, capsys):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stage = tmp_path / f".run.creating-{dead}-abc"  # what a kill -9 during creation leaves
     (stage / "split").mkdir(parents=True)
     (stage / "tinylm.yaml").write_text("preset: words\n")
     code, _, err = run_cli(capsys, "train", "--resume", "--out", tmp_path / "run")
     assert code == 2 and "does not exist" in err  # no half run to choke on
-    code, _, err = run_cli(capsys, "train", "words", "--data", words_file, "--out",
-                           tmp_path / "run", "--max-steps", 2, "--no-report", *TINY_MODEL)  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "words",
+        "--data",
+        words_file,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        2,
+        "--no-report",
+        *TINY_MODEL,
+    )
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -186,8 +243,18 @@ def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
     the resumed process), then `tinylm train --resume --out RUN` with nothing else."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
-    args = ["words", "--data", words_file, "--max-steps", 150, "--no-report", *TINY_MODEL,
-            "train.batch_tokens=512", "train.eval_every=20", "model.dropout=0.1"]  # fmt: skip
+    args = [
+        "words",
+        "--data",
+        words_file,
+        "--max-steps",
+        150,
+        "--no-report",
+        *TINY_MODEL,
+        "train.batch_tokens=512",
+        "train.eval_every=20",
+        "model.dropout=0.1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     ref, victim = tmp_path / "ref", tmp_path / "victim"

@@ -8,8 +8,8 @@ import pytest
 from live_server import LiveServer
 
 from conftest import synthetic_documents
+from tinylm import load
 from tinylm.evaluate import evaluate_text
-from tinylm.inference import load
 from tinylm.serve import create_app
 
 TASK = """\
@@ -31,9 +31,15 @@ metric_list:
 def bits_per_byte(task_manager, kind: str, **model_args) -> float:
     import lm_eval
 
-    out = lm_eval.simple_evaluate(model=kind, model_args=model_args, tasks=["tinylm_docs"],
-                                  task_manager=task_manager, device="cpu", log_samples=False,
-                                  bootstrap_iters=0)  # fmt: skip
+    out = lm_eval.simple_evaluate(
+        model=kind,
+        model_args=model_args,
+        tasks=["tinylm_docs"],
+        task_manager=task_manager,
+        device="cpu",
+        log_samples=False,
+        bootstrap_iters=0,
+    )
     return out["results"]["tinylm_docs"]["bits_per_byte,none"]
 
 
@@ -55,13 +61,20 @@ def test_lm_eval_scores_a_run_alike_through_transformers_and_the_server(text_run
     hf = bits_per_byte(tasks, "hf", pretrained=str(run))
     with LiveServer(create_app(run, name="tiny")) as server:
         url = f"{server.url}/v1/completions"
-        served = bits_per_byte(tasks, "local-completions", model="tiny", base_url=url,
-                               tokenizer=str(run))  # fmt: skip
+        served = bits_per_byte(
+            tasks, "local-completions", model="tiny", base_url=url, tokenizer=str(run)
+        )
         # told the context (+2: lm-eval keeps one token for generation, one for context),
         # lm-eval cuts the same windows as with --model hf
-        same_windows = bits_per_byte(tasks, "local-completions", model="tiny", base_url=url,
-                                     tokenizer=str(run), max_length=context + 2)  # fmt: skip
-    ours = evaluate_text(loaded.model, loaded.tokenizer, docs, context=context)["bits_per_byte"]
+        same_windows = bits_per_byte(
+            tasks,
+            "local-completions",
+            model="tiny",
+            base_url=url,
+            tokenizer=str(run),
+            max_length=context + 2,
+        )
+    ours = evaluate_text(loaded.net, loaded.tokenizer, docs, context=context).bits_per_byte
 
     assert abs(hf - served) / served <= 0.005
     # lm-eval's default 2048-token requests, longer than the context (each document here fits

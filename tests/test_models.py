@@ -6,10 +6,12 @@ import torch
 
 from tinylm.config import ModelConfig
 from tinylm.models import Decoder, param_breakdown
-from tinylm.models.decoder import CacheSlots, hf_config
-from tinylm.weights import decoder_tensors
+from tinylm.models.cache import CacheSlots
+from tinylm.models.decoder import hf_config
 
-CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=24)
+CFG = ModelConfig(
+    d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=24, tie_embeddings=True
+)
 
 
 def test_decoder_is_causal():
@@ -119,7 +121,7 @@ def test_same_logits_as_transformers(tmp_path, variant):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    save_file(decoder_tensors(model), tmp_path / "model.safetensors")
+    save_file(model.hf_tensors(), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(hf_config(cfg, 50, 1, 2, 0)))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(hf).__name__ == ("Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM")

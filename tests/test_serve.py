@@ -6,7 +6,7 @@ import httpx
 import pytest
 from live_server import LiveServer, post, slow_down, stream_events, streamed_text
 
-from tinylm.inference import load
+from tinylm import load
 from tinylm.serve import Limits, StopFilter, create_app
 
 JSON = {"content-type": "application/json"}
@@ -27,8 +27,9 @@ def test_openai_client_completes_and_streams(text_server):
     choice = result.choices[0]
     assert choice.text and choice.finish_reason in ("stop", "length")
     assert result.usage.completion_tokens <= 12 and result.usage.prompt_tokens >= 1
-    chunks = list(client.completions.create(model=model.id, prompt="Once", max_tokens=12, seed=5,
-                                            stream=True))  # fmt: skip
+    chunks = list(
+        client.completions.create(model=model.id, prompt="Once", max_tokens=12, seed=5, stream=True)
+    )
     assert len(chunks) >= 2
     assert "".join(c.choices[0].text for c in chunks) == choice.text  # same seed, same text
     assert chunks[-1].choices[0].finish_reason == choice.finish_reason
@@ -94,8 +95,16 @@ def test_every_validation_rule(text_server, body, status, param):
 
 
 def test_ignored_openai_fields_are_accepted(text_server):
-    body = {"prompt": "x", "max_tokens": 2, "user": "me", "echo": False, "logprobs": None,
-            "presence_penalty": 0, "frequency_penalty": 0.0, "best_of": 1}  # fmt: skip
+    body = {
+        "prompt": "x",
+        "max_tokens": 2,
+        "user": "me",
+        "echo": False,
+        "logprobs": None,
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "best_of": 1,
+    }
     assert post(text_server, body).status_code == 200
 
 
@@ -121,8 +130,11 @@ def test_oversized_body_without_length_header(text_server):
         for _ in range(100):
             yield b"x" * 1024
 
-    response = httpx.post(f"{text_server.url}/v1/completions", content=chunks(),
-                          headers={"content-type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        f"{text_server.url}/v1/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 413
 
 
@@ -175,8 +187,11 @@ def test_a_disconnect_frees_the_slot_at_once(text_runs):
     app = create_app(text_runs["pile-bpe"].path, Limits(max_tokens=200))
     slow_down(app, 0.05)  # 200 tokens would take 10 s
     with LiveServer(app) as server:
-        with httpx.stream("POST", f"{server.url}/v1/completions",
-                          json={"prompt": "a", "max_tokens": 200, "stream": True}) as response:  # fmt: skip
+        with httpx.stream(
+            "POST",
+            f"{server.url}/v1/completions",
+            json={"prompt": "a", "max_tokens": 200, "stream": True},
+        ) as response:
             next(response.iter_lines())  # the first token has come
             assert server.engine.stats()["active"] == 1
         start = time.time()
@@ -229,7 +244,7 @@ def test_stop_filter_holds_back_a_possible_stop_string():
         ("top_p", float("nan")),
         ("temperature", float("inf")),
         ("top_k", 1.5),
-    ],  # fmt: skip
+    ],
 )
 def test_non_finite_sampling_values_get_400_naming_the_field(text_server, field, value):
     response = httpx.post(
@@ -252,14 +267,38 @@ def test_one_seed_one_text_from_the_cli_and_the_server_alone_or_not(text_runs, c
     from tinylm.cli import main
 
     run = text_runs["pile-bpe"]
-    assert main(["generate", str(run.path), "The", "--seed", "11", "--max-new-tokens", "60",
-                 "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                str(run.path),
+                "The",
+                "--seed",
+                "11",
+                "--max-new-tokens",
+                "60",
+                "--temperature",
+                "0.9",
+                "--top-p",
+                "0.95",
+                "--top-k",
+                "50",
+            ]
+        )
+        == 0
+    )
     cli_text = capsys.readouterr().out[len("The") : -1]
-    body = {"prompt": "The", "seed": 11, "max_tokens": 60, "temperature": 0.9, "top_p": 0.95,
-            "top_k": 50}  # fmt: skip
+    body = {
+        "prompt": "The",
+        "seed": 11,
+        "max_tokens": 60,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "top_k": 50,
+    }
     loaded = load(run.path)
     loaded.task.stop_ids = ()
-    assert len(list(loaded.stream("The", loaded_sampling(body), max_tokens=60, seed=11))) > 30
+    assert len(list(loaded.stream("The", 60, 0.9, 50, 0.95, seed=11))) > 30
     with LiveServer(create_app(run.path, Limits(max_tokens=64))) as server:
         alone = post(server, body).json()["choices"][0]["text"]
         results = {}
@@ -267,20 +306,15 @@ def test_one_seed_one_text_from_the_cli_and_the_server_alone_or_not(text_runs, c
         def request(name, b):
             results[name] = post(server, b).json()["choices"][0]["text"]
 
-        others = [threading.Thread(target=request, args=(i, {**body, "seed": 100 + i}))
-                  for i in range(3)]  # fmt: skip
+        others = [
+            threading.Thread(target=request, args=(i, {**body, "seed": 100 + i})) for i in range(3)
+        ]
         for t in others:
             t.start()
         request("mine", body)
         for t in others:
             t.join()
     assert alone == results["mine"] == cli_text
-
-
-def loaded_sampling(body):
-    from tinylm.inference import Sampling
-
-    return Sampling(body["temperature"], body["top_k"], body["top_p"])
 
 
 def test_a_failure_in_one_job_ends_that_job_alone(text_runs, monkeypatch):
@@ -367,11 +401,12 @@ def test_the_word_completer_suggests_the_likeliest_words(word_server):
         ({"prompt": "\ud800"}, None),
         ({"prompt": "x", "seed": 10**40}, "seed"),
         ({"prompt": "x", "stop": ["\udfff"]}, None),
-    ],  # fmt: skip
+    ],
 )
 def test_hostile_requests_get_4xx_and_the_server_goes_on(text_server, body, param):
-    response = httpx.post(f"{text_server.url}/v1/completions", timeout=30,
-                          content=json.dumps(body), headers=JSON)  # fmt: skip
+    response = httpx.post(
+        f"{text_server.url}/v1/completions", timeout=30, content=json.dumps(body), headers=JSON
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == param
     assert post(text_server, {"prompt": "x", "max_tokens": 2}).status_code == 200
 

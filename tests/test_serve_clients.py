@@ -16,12 +16,12 @@ from tinylm.inference.sampling import make_generator
 from tinylm.serve import Limits, create_app
 from tinylm.serve.answers import Answers
 from tinylm.serve.chat import TURN_MARKERS, transcript
-from tinylm.serve.scoring import Names, Pieces
+from tinylm.serve.logprobs import Names
 
 
 @pytest.fixture(scope="module")
 def tok(text_server):
-    return text_server.app.state.server.loaded.tokenizer
+    return text_server.app.state.server.model.tokenizer
 
 
 def chat(server, body, **kwargs):
@@ -49,19 +49,35 @@ def test_openai_chat_client_plain_streamed_and_with_usage(text_server):
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length") and result.object == "chat.completion"
     assert result.usage.prompt_tokens > 5 and result.usage.completion_tokens <= 12
-    chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=12,
-                                                 seed=5, stream=True,
-                                                 stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=12,
+            seed=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content  # same seed, same reply
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == result.usage.completion_tokens  # fmt: skip
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.completion_tokens == result.usage.completion_tokens
+    )
 
 
 def test_chat_logprobs_are_the_generated_tokens(text_server):
-    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 1,
-            "logprobs": True, "top_logprobs": 3, "temperature": 0}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "seed": 1,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "temperature": 0,
+    }
     choice = chat(text_server, body).json()["choices"][0]
     content = choice["logprobs"]["content"]
     assert 1 <= len(content) <= 6 and all(len(c["top_logprobs"]) == 3 for c in content)
@@ -72,10 +88,14 @@ def test_chat_logprobs_are_the_generated_tokens(text_server):
 
 
 def test_the_transcript_and_the_next_turn(text_server, tok):
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                {"role": "assistant", "content": "A"}, {"role": "developer", "content": "D"}]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+        {"role": "developer", "content": "D"},
+    ]
     assert transcript(messages) == "System: S\nUser: U\nAssistant: A\nSystem: D\nAssistant:"
-    loaded = text_server.app.state.server.loaded
+    loaded = text_server.app.state.server.model
     job = loaded.job("x", Sampling(0.0))
     answers = Answers(loaded.task, [job], TURN_MARKERS, logprobs=False, lstrip=True)
     text = ""
@@ -105,15 +125,19 @@ def test_a_chat_template_in_the_run_is_rendered_as_transformers_does(text_runs, 
     messages = [{"role": "user", "content": "Hello"}]
     prompt = server.chat.prompt(messages)
     hf = AutoTokenizer.from_pretrained(run)
-    assert prompt.text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # fmt: skip
-    tok = server.loaded.tokenizer
+    assert prompt.text == hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    tok = server.model.tokenizer
     assert prompt.ids == [tok.bos_id, *tok.encode_template(prompt.text)]
     assert prompt.ids.count(tok.eos_id) == 2  # the start token, and the template's own
     assert server.chat.stops == ["\n### user"]  # between an assistant's turn and a user's
     with LiveServer(app) as live:
         sneaky = {"messages": [{"role": "user", "content": "a<|endoftext|>b"}], "max_tokens": 2}
         response = chat(live, sneaky)
-        assert response.status_code == 400 and "special token" in response.json()["error"]["message"]  # fmt: skip
+        assert (
+            response.status_code == 400 and "special token" in response.json()["error"]["message"]
+        )
         assert chat(live, {"messages": messages, "max_tokens": 2}).status_code == 200
 
 
@@ -129,7 +153,9 @@ def test_echo_log_probabilities_equal_transformers(text_server, text_runs, tok):
     assert lp["text_offset"] == [len(tok.decode(ids[:i])) for i in range(len(ids))]
     expected = hf_logprobs(run, [tok.bos_id, *ids])  # a text prompt is read after the start token
     assert torch.allclose(torch.tensor(lp["token_logprobs"]), expected, atol=1e-3)
-    for token, logp, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True):  # fmt: skip
+    for token, logp, top in zip(
+        lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True
+    ):
         assert top[token] == logp and 2 <= len(top) <= 3  # the two likeliest, and the chosen
     # token ids are read as given: nothing precedes the first, whose log-probability is null;
     # then one token generated greedily, with its log-probability (what lm-eval sends)
@@ -168,11 +194,14 @@ def test_openai_client_scores_token_id_prompts(text_server, tok):
 
     client = OpenAI(base_url=f"{text_server.url}/v1", api_key="unused")
     prompts = [[tok.bos_id, *tok.encode("One two")], [tok.bos_id, *tok.encode("Three")]]
-    result = client.completions.create(model=text_server.app.state.server.name, prompt=prompts,
-                                       echo=True, logprobs=1, max_tokens=0)  # fmt: skip
+    result = client.completions.create(
+        model=text_server.app.state.server.name, prompt=prompts, echo=True, logprobs=1, max_tokens=0
+    )
     assert [len(c.logprobs.tokens) for c in result.choices] == [len(p) for p in prompts]
     assert [c.text for c in result.choices] == ["One two", "Three"]
-    assert result.usage.prompt_tokens == sum(map(len, prompts)) and result.usage.completion_tokens == 0  # fmt: skip
+    assert (
+        result.usage.prompt_tokens == sum(map(len, prompts)) and result.usage.completion_tokens == 0
+    )
 
 
 def test_echo_streamed_and_whole_agree(text_server):
@@ -186,7 +215,9 @@ def test_echo_streamed_and_whole_agree(text_server):
         assert "".join(c["text"] for c in mine) == choice["text"]
         tokens = [t for c in mine for t in c["logprobs"]["tokens"]]
         offsets = [t for c in mine for t in c["logprobs"]["text_offset"]]
-        assert tokens == choice["logprobs"]["tokens"] and offsets == choice["logprobs"]["text_offset"]  # fmt: skip
+        assert (
+            tokens == choice["logprobs"]["tokens"] and offsets == choice["logprobs"]["text_offset"]
+        )
     assert all(e["usage"] is None for e in events[:-1])
 
 
@@ -195,7 +226,7 @@ def test_a_stop_token_is_the_last_log_probability():
     once must still list that token."""
     job = Job([1], 1, Sampling(0.0), make_generator(0))
     answers = Answers(
-        SimpleNamespace(reader=lambda: None, tokenizer=None), [job], [], logprobs=True
+        SimpleNamespace(detokenizer=lambda: SimpleNamespace(length=0)), [job], [], logprobs=True
     )
     end = Step(job, finish="stop", logprob=-0.5, top=[(2, -0.5)], stop_token=2)
     result = answers.take(0, end)
@@ -227,7 +258,7 @@ def test_a_request_without_max_tokens_gets_the_default_within_the_limit(text_run
         (
             {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
             "tools",
-        ),  # fmt: skip
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
     ],
 )
@@ -238,13 +269,17 @@ def test_chat_validation(text_server, body, param):
 
 def test_the_word_completer_refuses_what_only_a_text_model_does(tiny_run):
     with LiveServer(create_app(tiny_run.path)) as s:
-        for body, param in [({"prompt": "ab", "echo": True, "max_tokens": 0}, "echo"),
-                            ({"prompt": "ab", "logprobs": 1}, "logprobs"),
-                            ({"prompt": [1, 2]}, "prompt")]:  # fmt: skip
+        for body, param in [
+            ({"prompt": "ab", "echo": True, "max_tokens": 0}, "echo"),
+            ({"prompt": "ab", "logprobs": 1}, "logprobs"),
+            ({"prompt": [1, 2]}, "prompt"),
+        ]:
             response = post(s, body)
             assert response.status_code == 400 and response.json()["error"]["param"] == param
         response = chat(s, {"messages": [{"role": "user", "content": "ab"}]})
-        assert response.status_code == 400 and "word completer" in response.json()["error"]["message"]  # fmt: skip
+        assert (
+            response.status_code == 400 and "word completer" in response.json()["error"]["message"]
+        )
 
 
 def test_the_model_card_says_the_context_length_where_clients_read_it(text_server):
@@ -255,10 +290,10 @@ def test_the_model_card_says_the_context_length_where_clients_read_it(text_serve
 def test_each_token_gives_its_share_of_the_text(tok):
     """Text offsets come from these: a character split over byte-level tokens belongs to the
     token that completes it, and the pieces join to the decoded text."""
-    pieces, names = Pieces(tok), Names(tok)
+    pieces, names = tok.detokenizer(), Names(tok)
     text = "naïve 🙂 café"
     ids = [tok.eos_id, *tok.encode(text)]
-    shares = [pieces.add(i) for i in ids]
+    shares = [pieces.add(i).text for i in ids]
     assert "".join(shares) + pieces.flush() == text and shares[0] == ""
     assert names(tok.eos_id) == "<|endoftext|>"
 

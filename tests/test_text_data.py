@@ -6,11 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config
+from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config, train_run
 from tinylm.data import prepare
 from tinylm.data.text import cut_text, load_corpus, split_documents
 from tinylm.errors import UserError
-from tinylm.train import train_run
 
 DOCS = synthetic_documents(12, 40)
 
@@ -131,24 +130,25 @@ def test_token_cache_makes_a_second_run_start_at_once(tmp_path, text_file, monke
 
 
 def test_packed_tokens_start_each_document_with_end_of_text(tmp_path, text_file):
-    from tinylm import training_data
-    from tinylm.runs import Run
+    from tinylm.data.splits import TextData
 
     cfg = tiny_config(
         "pile-bpe", data=text_file, steps=1, extra=[*TINY_TEXT_MODEL, "tokenizer.vocab_size=300"]
     )
     run, _ = train_run(cfg, tmp_path / "r", show_progress=False)
-    cfg = Run.open(run.path).config()
-    data = training_data.reload(run, cfg)
-    tokens = data.train.tokens
+    cfg = run.config()
+    data = TextData.reload(run, cfg)
+    tokenizer = run.tokenizer(cfg)
+    train, _, _ = data.batches(cfg, tokenizer, None, cfg.train.batch_tokens, 0)
+    tokens = train.tokens
     assert tokens.dtype.name == "uint16"
-    eos = data.tokenizer.eos_id
+    eos = tokenizer.eos_id
     assert tokens[0] == eos
-    corpus, split = training_data.text_split(run, cfg)
+    corpus, split = data.corpus, data.split
     assert int((tokens == eos).sum()) == len(split["train"])  # one per document
     first_doc = corpus.documents[split["train"][0]]
-    n = len(data.tokenizer.encode(first_doc))
-    assert data.tokenizer.decode(tokens[1 : n + 1].tolist()) == first_doc
+    n = len(tokenizer.encode(first_doc))
+    assert tokenizer.decode(tokens[1 : n + 1].tolist()) == first_doc
 
 
 def test_corpus_shorter_than_one_sequence(tmp_path):

@@ -8,18 +8,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-from tinylm import checkpoints, weights
+from conftest import tiny_config, train_run
+from tinylm import checkpoints, load
 from tinylm.errors import UserError
-from tinylm.evaluate import evaluate_run, ngram_baselines
-from tinylm.inference import Sampling, load
-from tinylm.inference.search import likeliest_words
-from tinylm.runs import Run
-from tinylm.train import train_run
+from tinylm.evaluate import ngram_baselines
+from tinylm.inference import Sampling
+from tinylm.models import decoder
+from tinylm.runs import RunDir
 
 
 def test_a_few_seconds_of_training_beat_the_unigram_baseline(tiny_run):
-    result = evaluate_run(tiny_run, samples=50)
+    result = load(tiny_run.path).evaluate(samples=50).to_dict()
     unigram = result["baselines"]["unigram"]
     assert result["words"] > 100
     assert result["bits_per_char"] < unigram["bits_per_char"] - 0.3
@@ -28,7 +27,7 @@ def test_a_few_seconds_of_training_beat_the_unigram_baseline(tiny_run):
     assert tiny_run.read_json("eval.json") == json.loads(json.dumps(result))  # what was shown
 
 
-def checkpoint_meta(run: Run) -> dict:
+def checkpoint_meta(run: RunDir) -> dict:
     with safe_open(run.checkpoint_path, "pt") as f:
         return json.loads(f.metadata()["tinylm"])["meta"]["state"]
 
@@ -64,18 +63,16 @@ def test_run_directory_has_everything(tiny_run, words_file):
     assert meta["step"] == 150 and meta["best_val"] == best and meta["last_eval_step"] == 150
     cfg = tiny_run.config()
     model = tiny_run.load_model(cfg)
-    from tinylm.data.batching import WordBatches
-    from tinylm.train import validation_loss
+    from tinylm.data.batching import PackedWordBatches
+    from tinylm.training.loop import validation_loss
 
-    batches = WordBatches(
-        split["val"], tok, 8192, seed=cfg.train.seed, arch="decoder"
-    ).eval_batches()
+    batches = PackedWordBatches(split["val"], tok, 8192, seed=cfg.train.seed).eval_batches()
     cpu = torch.device("cpu")
     assert validation_loss(model, batches, cpu, None, 10**9) == pytest.approx(best, rel=1e-5)
     assert tiny_run.loss_plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def final_weights(run: Run) -> dict[str, torch.Tensor]:
+def final_weights(run: RunDir) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(run.checkpoint_path).items() if k.startswith("model.")}
 
 
@@ -129,7 +126,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tiny_run, monk
             f.write(b"\x00" * 1000)  # half a file, then the machine "dies"
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(weights, "save_file", crash_mid_write)
+    monkeypatch.setattr(decoder, "save_file", crash_mid_write)
     monkeypatch.setattr(checkpoints, "save_file", crash_mid_write)
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(OSError):
@@ -188,13 +185,16 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
     # Greedy completion against the argmax chain computed here by plain forward passes: the
     # encoder reads <sos> t r a <eos>, the decoder <sos> t r a, then takes its likeliest symbol
     # (never <pad>, <sos> or space) until <eos>, at most 15 - 3 letters.
-    tok, model = run.tokenizer(), loaded.model
+    tok, model = run.tokenizer(), loaded.net
     enc = torch.tensor([[tok.bos_id, *tok.encode("tra"), tok.eos_id]], device=loaded.device)
     dec, letters, finished = [tok.bos_id, *tok.encode("tra")], [], False
     with torch.no_grad():
         while len(letters) < 12:
-            logits = model.hf(input_ids=enc, attention_mask=torch.ones_like(enc),
-                              decoder_input_ids=torch.tensor([dec], device=enc.device)).logits[0, -1]  # fmt: skip
+            logits = model.hf(
+                input_ids=enc,
+                attention_mask=torch.ones_like(enc),
+                decoder_input_ids=torch.tensor([dec], device=enc.device),
+            ).logits[0, -1]
             logits[[tok.pad_id, tok.bos_id, tok.tok.token_to_id(" ")]] = -math.inf
             nxt = int(logits.argmax())
             if nxt == tok.eos_id:
@@ -204,7 +204,7 @@ def test_seq2seq_trains_and_completes_a_word(tmp_path, words_file):
             letters.append(nxt)
     [greedy] = loaded.sample(["tra"], Sampling(0.0))
     assert (greedy.text, greedy.finished) == (tok.decode(letters), finished)
-    top = likeliest_words(loaded.model, loaded.task, "tra", k=3)
+    top = loaded.complete("tra", 3)["tra"]
     assert len(top.words) == 3 and all(w.word.startswith("tra") for w in top.words)
 
 
@@ -217,10 +217,9 @@ def test_accumulated_gradients_equal_the_whole_batchs(words_file, arch):
     """fp32: a batch cut into micro-batches gives the gradient of the batch in one pass, also
     when micro-batches hold different numbers of targets (seq2seq pads its targets)."""
     from tinylm.config import ModelConfig
-    from tinylm.data.batching import WordBatches
-    from tinylm.models import build_model
+    from tinylm.models import MODELS, build_model
     from tinylm.tokenizer import build_char
-    from tinylm.train import forward_backward
+    from tinylm.training.loop import forward_backward
 
     words = words_file.read_text().split()
     tok = build_char(words)
@@ -228,7 +227,7 @@ def test_accumulated_gradients_equal_the_whole_batchs(words_file, arch):
     torch.manual_seed(0)
     model = build_model(cfg, tok)
     model.eval()  # no dropout: the two ways must see the same function
-    batch = WordBatches(words, tok, 600, seed=0, arch=arch).batch(3)
+    batch = MODELS[arch].word_batches(words, tok, 600, seed=0).batch(3)
     rows = len(batch["targets"])
     assert rows >= 8
     cpu = torch.device("cpu")
@@ -248,7 +247,7 @@ def test_accumulated_gradients_equal_the_whole_batchs(words_file, arch):
 def test_ddp_averages_once_per_step_on_the_last_micro_batch():
     from contextlib import contextmanager
 
-    from tinylm.train import forward_backward
+    from tinylm.training.loop import forward_backward
 
     class FakeDDP(torch.nn.Module):  # records which passes run outside no_sync
         def __init__(self):
@@ -277,18 +276,19 @@ def test_ddp_averages_once_per_step_on_the_last_micro_batch():
 
 def test_the_global_batch_is_split_exactly_over_ranks_and_micro_batches():
     from conftest import TINY_TEXT_MODEL
+    from tinylm.data.splits import TextData
 
     cfg = tiny_config("pile-bpe", extra=TINY_TEXT_MODEL)  # 512 tokens, windows of 32
-    assert cfg.batch_split(1) == (512, 512)  # automatic: the whole batch in one pass
-    assert cfg.batch_split(4) == (128, 128)
+    assert TextData.batch_split(cfg, 1) == (512, 512)  # automatic: the whole batch in one pass
+    assert TextData.batch_split(cfg, 4) == (128, 128)
     cfg.train.micro_batch_tokens = 64
-    assert cfg.batch_split(2) == (256, 64)  # 2 ranks x 4 micro-batches x 64 tokens = 512
+    assert TextData.batch_split(cfg, 2) == (256, 64)  # 2 ranks x 4 micro-batches x 64 = 512
     cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 2**20, 0
-    assert cfg.batch_split(2) == (2**19, 16_384)  # automatic: passes of at most 16,384 tokens
+    assert TextData.batch_split(cfg, 2) == (2**19, 16_384)  # passes of at most 16,384 tokens
     for world, micro in ((3, 0), (1, 48), (1, 96)):
         cfg.train.batch_tokens, cfg.train.micro_batch_tokens = 512, micro
         with pytest.raises(UserError):
-            cfg.batch_split(world)
+            TextData.batch_split(cfg, world)
 
 
 def test_muon_orthogonalizes_the_hidden_matrices_and_adamw_the_rest(words_file, tmp_path):
@@ -349,6 +349,8 @@ def test_newton_schulz_runs_in_the_runs_precision(words_file):
     # fp32 keeps the singular vectors to 1e-4, which bf16 would not: the bound tells them apart
     assert off_diagonal[torch.float32] < 1e-4 < off_diagonal[torch.bfloat16] < 5e-2
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        cfg = tiny_config(data=words_file, extra=["train.optimizer=muon", f"train.precision={precision}"])  # fmt: skip
+        cfg = tiny_config(
+            data=words_file, extra=["train.optimizer=muon", f"train.precision={precision}"]
+        )
         opt = MuonAdamW(build_model(cfg.model, build_char(["abc"])), cfg.train)
         assert opt.parts[0].ns_dtype == dtype

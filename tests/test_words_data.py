@@ -79,12 +79,12 @@ def test_packed_word_batches_hold_each_word_once_an_epoch_in_one_shape(words_fil
     `w <eos>` at positions 0..len(w); over an epoch every word is read about once."""
     from collections import Counter
 
-    from tinylm.data.batching import WordBatches
+    from tinylm.data.batching import PackedWordBatches
     from tinylm.tokenizer import build_char
 
     words = words_file.read_text().split()
     tok = build_char(words)
-    data = WordBatches(words, tok, 512, seed=3, arch="decoder")
+    data = PackedWordBatches(words, tok, 512, seed=3)
     seen = Counter()
     for step in range(data.steps_per_epoch):
         batch = data.batch(step)
@@ -106,5 +106,5 @@ def test_packed_word_batches_hold_each_word_once_an_epoch_in_one_shape(words_fil
     filled = sum(len(w) + 1 for w in seen.elements())
     assert filled / (data.steps_per_epoch * data.rows_per_batch * data.row) >= 0.9
     assert data.batch(5)["input_ids"].equal(
-        WordBatches(words, tok, 512, 3, "decoder").batch(5)["input_ids"]
+        PackedWordBatches(words, tok, 512, 3).batch(5)["input_ids"]
     )

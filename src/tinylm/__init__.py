@@ -1,3 +1,74 @@
-"""tinylm: train your own small language model from scratch."""
+"""tinylm: train your own small language model from scratch, then use it.
 
-__version__ = "0.1.0"
+    import tinylm
+    run = tinylm.train("words", time="2m", out="runs/w")      # -> Run
+    model = tinylm.load("runs/w")                             # -> Model
+    model.complete(["fin", "inv"], top=5)                     # the likeliest words
+    model.generate("Once upon a time", max_new_tokens=25, seed=1)
+    model.evaluate(), model.attention("tra"), model.tokens("Some text")
+    run.metrics, run.plot(), run.report("report.html")
+
+The API is in tinylm/api.py; its results are dataclasses in tinylm/results.py. Mistakes raise
+`tinylm.UserError` with one sentence.
+
+The names below are imported when first used: the API imports torch (1-1.5 s on 2 CPU cores),
+which `import tinylm` and `tinylm --help` do without (tests/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from tinylm.errors import SamplingError, UserError
+
+__version__ = "0.2.0"
+
+_WHERE = {
+    "tinylm.api": ["Model", "Run", "Sample", "load", "plot", "train"],
+    "tinylm.config": ["RunConfig"],
+    "tinylm.inference.sampling": ["Sampling"],
+    "tinylm.preset": ["load_preset", "preset_names"],
+    "tinylm.results": [
+        "Attention",
+        "Completions",
+        "Demo",
+        "Generation",
+        "Info",
+        "LossCurves",
+        "TextEvaluation",
+        "Tokens",
+        "WordEvaluation",
+        "WordList",
+    ],
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = ["SamplingError", "UserError", *_MODULE]
+
+if TYPE_CHECKING:
+    from tinylm.api import Model, Run, Sample, load, plot, train  # noqa: F401
+    from tinylm.config import RunConfig  # noqa: F401
+    from tinylm.inference.sampling import Sampling  # noqa: F401
+    from tinylm.preset import load_preset, preset_names  # noqa: F401
+    from tinylm.results import (  # noqa: F401
+        Attention,
+        Completions,
+        Demo,
+        Generation,
+        Info,
+        LossCurves,
+        TextEvaluation,
+        Tokens,
+        WordEvaluation,
+        WordList,
+    )
+
+
+def __getattr__(name: str):
+    if name not in _MODULE:
+        raise AttributeError(f"module 'tinylm' has no attribute '{name}'")
+    return getattr(importlib.import_module(_MODULE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE])

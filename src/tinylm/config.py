@@ -6,22 +6,21 @@ min_len <= max_len). `RunConfig.from_dict` is the one way in, from a preset, a Y
 command line or a saved run, and it checks everything, so a bad value is refused with one
 sentence before any work starts. A run's resolved configuration is saved as `tinylm.yaml` in
 its run directory, so every later command knows exactly what was trained.
+
+The defaults are the recipe: they are what the default run (`words`, a word completer) trains
+with, and every preset lists only what differs from them (presets/*.yaml).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from tinylm.errors import UserError
-
-AUTO_MICRO_TOKENS = 16_384  # train.micro_batch_tokens=0: at most this many tokens per pass
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,14 @@ def _check_fields(section, prefix: str) -> None:
             continue
         if not rule.allows(value):
             shown = f"'{value}'" if isinstance(value, str) else _num(value)
-            finite = "a finite number, " if isinstance(value, float) and not math.isfinite(value) else ""  # fmt: skip
+            infinite = isinstance(value, float) and not math.isfinite(value)
+            finite = "a finite number, " if infinite else ""
             raise UserError(f"{prefix}{f.name} is {shown}; it must be {finite}{rule.describe()}.")
 
 
 @dataclass
 class DataConfig:
     source: str = "words"  # "words" (NLTK / web2), a file, a folder, a glob, or hf:NAME
-    kind: str = setting("words", choices=("words", "text"))  # words: one a line; text: documents
     min_len: int = setting(3, at_least=1)  # words: shortest word kept
     max_len: int = setting(15, at_least=1)  # words: longest word kept
     val_fraction: float = setting(0.02, at_least=0, below=1)  # held out for early stopping
@@ -101,9 +100,16 @@ class DataConfig:
                 "data.source is empty; give words, a file, a folder, a glob or hf:NAME."
             )
         if self.min_len > self.max_len:
-            raise UserError(f"data.min_len is {self.min_len}, more than data.max_len ({self.max_len}); it must be at most max_len.")  # fmt: skip
+            raise UserError(
+                f"data.min_len is {self.min_len}, more than data.max_len ({self.max_len}); "
+                "it must be at most max_len."
+            )
         if self.val_fraction + self.test_fraction >= 1:
-            raise UserError(f"data.val_fraction + data.test_fraction is {self.val_fraction + self.test_fraction:g}; together they must be below 1.")  # fmt: skip
+            total = self.val_fraction + self.test_fraction
+            raise UserError(
+                f"data.val_fraction + data.test_fraction is {total:g}; together they must be "
+                "below 1."
+            )
 
 
 @dataclass
@@ -115,20 +121,31 @@ class TokenizerConfig:
     def check(self) -> None:
         least = {"char": None, "word": 3, "bpe": 257}[self.kind]
         if self.vocab_size and least is None:
-            raise UserError(f"tokenizer.vocab_size is {self.vocab_size}; a char tokenizer takes its vocabulary from the data, so it must be 0.")  # fmt: skip
+            raise UserError(
+                f"tokenizer.vocab_size is {self.vocab_size}; a char tokenizer takes its "
+                "vocabulary from the data, so it must be 0."
+            )
         if self.vocab_size and self.vocab_size < least:
-            why = "its 256 bytes and <|endoftext|>" if self.kind == "bpe" else "<UNK>, <EOS> and a word"  # fmt: skip
-            raise UserError(f"tokenizer.vocab_size is {self.vocab_size}; a {self.kind} tokenizer needs at least {least} ({why}), or 0 for the default.")  # fmt: skip
+            why = {"bpe": "its 256 bytes and <|endoftext|>", "word": "<UNK>, <EOS> and a word"}
+            raise UserError(
+                f"tokenizer.vocab_size is {self.vocab_size}; a {self.kind} tokenizer needs at "
+                f"least {least} ({why[self.kind]}), or 0 for the default."
+            )
+
+
+ROTARY = {"decoder": True, "seq2seq": False}  # which architectures have rotary positions
 
 
 @dataclass
 class ModelConfig:
-    # decoder (rotary, RMSNorm, SwiGLU, tied) | seq2seq (HF BERT2BERT)
+    # decoder (rotary, RMSNorm, SwiGLU) | seq2seq (HF BERT2BERT, the word notebook's model)
     arch: str = setting("decoder", choices=("decoder", "seq2seq"))
-    d_model: int = setting(128, at_least=1)
-    n_layers: int = setting(4, at_least=1)
+    # Models from 366k to 1M parameters land within 0.02 bits of each other in 300 s on 2 CPU
+    # cores (benchmark W); this one keeps top-5 suggestions near 15 ms.
+    d_model: int = setting(96, at_least=1)
+    n_layers: int = setting(3, at_least=1)
     n_heads: int = setting(4, at_least=1)  # must divide d_model (decoder: into even head sizes)
-    d_ff: int = setting(512, at_least=1)
+    d_ff: int = setting(288, at_least=1)
     context_length: int = setting(16, at_least=1)  # words: set from data.max_len
     dropout: float = setting(0.0, at_least=0, below=1)
     rope_theta: float = setting(10000.0, above=0)
@@ -137,22 +154,31 @@ class ModelConfig:
     # decoder: the gated feed-forward's activation, silu (SwiGLU, Llama's) or relu2 (ReLU
     # squared, the nanoGPT speedruns'); Hugging Face's `hidden_act` of the same name
     activation: str = setting("silu", choices=("silu", "relu2"))
-    # decoder: RMSNorm on each head's queries and keys before the rotation (the speedruns' QK-norm);
-    # saved as Qwen3ForCausalLM, which is Llama with these two norms
+    # decoder: RMSNorm on each head's queries and keys before the rotation (the speedruns'
+    # QK-norm); saved as Qwen3ForCausalLM, which is Llama with these two norms
     qk_norm: bool = False
-    # decoder: the output layer shares the token embedding's matrix (tied, GPT-2's and the
-    # small Llamas'); false gives it a matrix of its own (`tie_word_embeddings` in Hugging Face)
-    tie_embeddings: bool = True
+    # decoder: the output layer shares the token embedding's matrix (GPT-2's and the small
+    # Llamas'); false gives it a matrix of its own (`tie_word_embeddings` in Hugging Face),
+    # which paid a little for the word completer (benchmark W)
+    tie_embeddings: bool = False
     # seq2seq: the encoder's layers (0: n_layers, as in the notebook, where one BertConfig
     # built both); the decoder has n_layers
     encoder_layers: int = setting(0, at_least=0)
 
     def check(self) -> None:
-        even = self.arch == "decoder"  # rotary positions rotate pairs of dimensions
-        ok = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and not (even and (self.d_model // h) % 2)]  # fmt: skip
+        even = ROTARY[self.arch]  # rotary positions rotate pairs of dimensions: even heads
+        ok = [
+            h
+            for h in range(1, self.d_model + 1)
+            if self.d_model % h == 0 and not (even and (self.d_model // h) % 2)
+        ]
         if self.n_heads not in ok:
             size = "heads of an even size" if even else "equal heads"
-            raise UserError(f"model.n_heads is {self.n_heads}; it must split model.d_model ({self.d_model}) into {size}: one of {', '.join(map(str, ok[:12])) or 'none (make d_model even)'}.")  # fmt: skip
+            choices = ", ".join(map(str, ok[:12])) or "none (make d_model even)"
+            raise UserError(
+                f"model.n_heads is {self.n_heads}; it must split model.d_model "
+                f"({self.d_model}) into {size}: one of {choices}."
+            )
 
 
 @dataclass
@@ -161,35 +187,47 @@ class TrainConfig:
     max_steps: int | None = setting(None, at_least=1)  # optimizer steps; None: no limit
     # tokens per optimizer step, all ranks and micro-batches together (text: a multiple of
     # model.context_length x ranks)
-    batch_tokens: int = setting(4096, at_least=1)
+    batch_tokens: int = setting(2048, at_least=1)
     # tokens per forward/backward pass; gradients add up over the passes of a step. 0: the whole
     # per-rank batch in one pass up to 16,384 tokens, else the fewest equal passes under that.
     # Text: a multiple of model.context_length that divides the per-rank batch.
     micro_batch_tokens: int = setting(0, at_least=0)
-    lr: float = setting(3e-3, at_least=0)  # peak learning rate
+    lr: float = setting(3e-3, at_least=0)  # peak learning rate (Muon's scaled to AdamW's size)
     min_lr_ratio: float = setting(0.0, at_least=0, at_most=1)  # final lr as a share of lr
     warmup_steps: int = setting(100, at_least=0)
-    schedule: str = setting("cosine", choices=("cosine", "linear", "wsd", "constant"))
-    cooldown: float = setting(0.2, above=0, at_most=1)  # wsd: share of the budget spent decaying
+    # wsd: constant, then a linear cooldown over the last `cooldown` share of the budget
+    schedule: str = setting("wsd", choices=("cosine", "linear", "wsd", "constant"))
+    cooldown: float = setting(0.5, above=0, at_most=1)  # wsd: share of the budget spent decaying
     weight_decay: float = setting(0.1, at_least=0)
-    # adamw: AdamW for every weight; muon: Muon for the hidden matrices (attention and
-    # feed-forward), AdamW for embeddings, norms and biases (the nanoGPT speedruns' recipe)
-    optimizer: str = setting("adamw", choices=("adamw", "muon"))
+    # muon: Muon for the hidden matrices (attention and feed-forward), AdamW for embeddings,
+    # norms and the output layer (the nanoGPT speedruns' recipe; it beat AdamW alone on every
+    # preset, bench/README.md); adamw: AdamW for every weight
+    optimizer: str = setting("muon", choices=("adamw", "muon"))
     beta1: float = setting(0.9, at_least=0, below=1)
-    beta2: float = setting(0.95, at_least=0, below=1)
-    grad_clip: float = setting(1.0, at_least=0)  # 0: no clipping
+    beta2: float = setting(0.99, at_least=0, below=1)
+    grad_clip: float = setting(0.0, at_least=0)  # gradient norm clipping; 0: none
     eval_every: int = setting(250, at_least=1)  # steps between validations (and checkpoints)
     eval_max_tokens: int = setting(100_000, at_least=1)  # validation tokens per evaluation
     patience: int = setting(8, at_least=1)  # validations without improvement, then stop
     seed: int = setting(1337, at_least=0)
     precision: str = setting("auto", choices=("auto", "fp32", "bf16"))  # auto: bf16 where native
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model: batches of one shape compile once (~30 s on 2 CPU cores), then
+    # train 15-40 % more tokens in the same time (bench/README.md)
+    compile: bool = True
     log_every: int = setting(25, at_least=1)  # steps between training-loss lines in metrics.jsonl
+
+
+# What each task reads, and the architectures and tokenizers that serve it.
+TASKS = {"words": "a word completer", "text": "a text generator"}
+TASK_ARCHS = {"words": ("decoder", "seq2seq"), "text": ("decoder",)}
+TASK_TOKENIZERS = {"words": ("char",), "text": ("word", "bpe")}
 
 
 @dataclass
 class RunConfig:
     preset: str = "words"
+    # words: complete words (a list of words, one a line); text: generate text (documents)
+    task: str = setting("words", choices=tuple(TASKS))
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -202,49 +240,40 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        cfg = _build(cls, d, "")
+        """The one way in: build and check (see `check`)."""
+        cfg = cls.parse(d)
         cfg.check()
         return cfg
+
+    @classmethod
+    def parse(cls, d: dict) -> RunConfig:
+        """Build from a dict with each value's type checked, without the rules (`check`)."""
+        return _build(cls, d, "")
 
     def check(self) -> None:
         """Every field's rule, each section's own rules, then those across sections (and what
         follows from them: a word model's context is its longest word plus one). The batch's
-        division over ranks is checked when training starts (`batch_split`)."""
+        division over ranks is checked when a run is planned (data/splits.py)."""
+        _check_fields(self, "")
         for name, section in self.sections().items():
             _check_fields(section, f"{name}.")
             if hasattr(section, "check"):
                 section.check()
-        if self.model.arch == "seq2seq" and self.data.kind != "words":
-            raise UserError("model.arch is seq2seq, which completes words; it needs data.kind words.")  # fmt: skip
-        if (self.data.kind == "words") != (self.tokenizer.kind == "char"):
-            raise UserError(f"tokenizer.kind is {self.tokenizer.kind}; data.kind {self.data.kind} needs {'char' if self.data.kind == 'words' else 'word or bpe'}.")  # fmt: skip
-        if self.data.kind == "words":
+        if self.model.arch not in TASK_ARCHS[self.task]:
+            raise UserError(
+                f"model.arch is {self.model.arch}, which does not serve task {self.task} "
+                f"({TASKS[self.task]}); choose {' or '.join(TASK_ARCHS[self.task])}."
+            )
+        if self.tokenizer.kind not in TASK_TOKENIZERS[self.task]:
+            raise UserError(
+                f"tokenizer.kind is {self.tokenizer.kind}; task {self.task} needs "
+                f"{' or '.join(TASK_TOKENIZERS[self.task])}."
+            )
+        if self.task == "words":
             self.model.context_length = self.data.max_len + 1  # <sos> word, or word <eos>
 
-    def batch_split(self, world_size: int = 1) -> tuple[int, int]:
-        """(tokens per rank, tokens per micro-batch) for a step of `train.batch_tokens` tokens
-        over `world_size` ranks. Text windows divide exactly or are refused; word batches hold
-        whole words, so theirs are targets to come close to."""
-        t, ctx = self.train, self.model.context_length
-        if t.batch_tokens < world_size:
-            raise UserError(f"train.batch_tokens is {t.batch_tokens}; it must be at least one token per rank ({world_size}).")  # fmt: skip
-        per_rank = t.batch_tokens // world_size
-        if self.data.kind != "text":
-            return per_rank, min(per_rank, t.micro_batch_tokens or AUTO_MICRO_TOKENS)
-        if t.batch_tokens % (ctx * world_size):
-            ranks = f" x {world_size} ranks" if world_size > 1 else ""
-            raise UserError(f"train.batch_tokens is {t.batch_tokens}; for text it must be a multiple of model.context_length ({ctx}){ranks}, e.g. {max(1, round(t.batch_tokens / (ctx * world_size))) * ctx * world_size}.")  # fmt: skip
-        rows = per_rank // ctx
-        if t.micro_batch_tokens == 0:
-            n = next(n for n in range(1, rows + 1) if rows % n == 0 and rows // n * ctx <= AUTO_MICRO_TOKENS or n == rows)  # fmt: skip
-            return per_rank, per_rank // n
-        micro = min(t.micro_batch_tokens, per_rank)
-        if micro % ctx or per_rank % micro:
-            raise UserError(f"train.micro_batch_tokens is {t.micro_batch_tokens}; for text it must be a multiple of model.context_length ({ctx}) that divides the {per_rank} tokens of each rank's batch.")  # fmt: skip
-        return per_rank, micro
-
     def sections(self) -> dict:
-        return {name: getattr(self, name) for name in _SECTIONS}
+        return {name: getattr(self, name) for name in SECTIONS}
 
     def differences(self, other: RunConfig) -> list[str]:
         """The dotted names of the fields where `other` differs from this config."""
@@ -266,7 +295,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_dict(yaml.safe_load(path.read_text()) or {})
+        d = yaml.safe_load(path.read_text()) or {}
+        if isinstance(d, dict) and isinstance(d.get("data"), dict) and "kind" in d["data"]:
+            d["task"] = d["data"].pop("kind")  # run directories of tinylm 0.1 said data.kind
+        return cls.from_dict(d)
 
 
 def _build(cls, d: dict, prefix: str):
@@ -278,7 +310,7 @@ def _build(cls, d: dict, prefix: str):
         if key not in known:
             where = f"{prefix[:-1]} has" if prefix else "known sections and settings:"
             raise UserError(f"Unknown setting '{prefix}{key}'; {where} {', '.join(known)}.")
-        sub = _SECTIONS.get(key) if cls is RunConfig else None
+        sub = SECTIONS.get(key) if cls is RunConfig else None
         if sub is not None:
             if not isinstance(value, dict):
                 raise UserError(f"Setting '{prefix}{key}' must be a mapping of its fields.")
@@ -288,7 +320,13 @@ def _build(cls, d: dict, prefix: str):
     return cls(**kwargs)
 
 
-_KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list"}  # fmt: skip
+_KIND_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+    list: "a list",
+}
 
 
 def _coerce(value, hint, name: str, f):
@@ -319,77 +357,9 @@ def _coerce(value, hint, name: str, f):
     return value
 
 
-_SECTIONS = {
+SECTIONS = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelConfig,
     "train": TrainConfig,
 }
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("tinylm") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def preset_text(name_or_path: str) -> tuple[str, str]:
-    """(YAML text, preset name) of a preset by name (presets/NAME.yaml) or a user's YAML file."""
-    path = Path(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")):
-        if not path.is_file():
-            raise UserError(f"Config file {path} does not exist.")
-        return path.read_text(), path.stem
-    if name_or_path not in preset_names():
-        raise UserError(
-            f"Unknown preset '{name_or_path}'; choose one of: {', '.join(preset_names())}."
-        )
-    return (
-        resources.files("tinylm") / "presets" / f"{name_or_path}.yaml"
-    ).read_text(), name_or_path
-
-
-def load_preset(name_or_path: str) -> RunConfig:
-    text, name = preset_text(name_or_path)
-    try:
-        d = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{name_or_path} is not valid YAML ({str(e).splitlines()[0]}).") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{name_or_path} must hold a mapping of sections (data:, model:, train: ...).")  # fmt: skip
-    d.setdefault("preset", name)
-    return RunConfig.from_dict(d)
-
-
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `section.field=value` strings; the value is parsed as YAML (so 3e-3, true, null)."""
-    d = cfg.to_dict()
-    for item in overrides:
-        m = re.fullmatch(r"([a-z_]+)\.([a-z_0-9]+)=(.*)", item)
-        if not m:
-            raise UserError(f"Cannot read override '{item}'; write it as section.field=value.")
-        section, key, raw = m.groups()
-        if section not in _SECTIONS:
-            raise UserError(
-                f"Unknown section '{section}' in '{item}'; known: {', '.join(_SECTIONS)}."
-            )
-        known = [f.name for f in fields(_SECTIONS[section])]
-        if key not in known:
-            raise UserError(f"Unknown setting '{section}.{key}'; {section} has {', '.join(known)}.")
-        try:
-            d[section][key] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            d[section][key] = raw  # the type check names the field and what it takes
-    return RunConfig.from_dict(d)
-
-
-def parse_duration(text: str) -> float:
-    """'300', '300s', '5m', '1.5h', '1h30m' -> seconds."""
-    t = str(text).strip().lower()
-    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", t)
-    if not t or not m or not any(m.groups()):
-        raise UserError(f"Cannot read the duration '{text}'; write seconds or e.g. 90s, 5m, 1h.")
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    seconds = h * 3600 + mi * 60 + s
-    if seconds <= 0:
-        raise UserError(f"The duration '{text}' must be more than zero.")
-    return seconds

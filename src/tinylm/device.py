@@ -29,12 +29,22 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError(f"Unknown device '{name}'; choose {DEVICES}.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"  # fmt: skip
-            raise UserError(f"--device {name}: CUDA is not available ({why}); use --device cpu or auto.")  # fmt: skip
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else "no GPU is visible"
+            )
+            raise UserError(
+                f"--device {name}: CUDA is not available ({why}); use --device cpu or auto."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1}).")  # fmt: skip
+            raise UserError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
     if device.type == "mps" and not _mps_available():
-        raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto.")  # fmt: skip
+        raise UserError(
+            f"--device {name}: Apple's MPS is not available here; use --device cpu or auto."
+        )
     return device
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as td
+from torch.nn.parallel import DistributedDataParallel
 
 from tinylm.device import pick_device
 from tinylm.errors import UserError
@@ -52,7 +53,9 @@ def current(device: str = "auto") -> DistEnv:
         _env = DistEnv()
         return _env
     if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device} does not work with several processes; give auto, cpu or cuda (each rank takes the GPU of its LOCAL_RANK).")  # fmt: skip
+        raise UserError(
+            f"--device {device} does not work with several processes; give auto, cpu or cuda (each rank takes the GPU of its LOCAL_RANK)."
+        )
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if pick_device("cuda" if device == "cuda" else device).type == "cuda":
         torch.cuda.set_device(local)
@@ -71,8 +74,6 @@ def wrap(model: torch.nn.Module, env: DistEnv):
     masks), so they are not broadcast before every forward pass."""
     if env.world_size == 1:
         return None
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [env.local_rank] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 

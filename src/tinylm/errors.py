@@ -1,4 +1,4 @@
-"""The one exception type that means "the user asked for something we can't do"."""
+"""The exceptions that mean "the user asked for something we can't do"."""
 
 
 class UserError(Exception):
@@ -6,3 +6,12 @@ class UserError(Exception):
 
     The CLI prints the message as one sentence and exits with code 2; nothing saved is touched.
     """
+
+
+class SamplingError(UserError):
+    """A sampling setting out of range; `field` is its API name (temperature, top_p, top_k,
+    seed), so the command line can name its option and the server the request's field."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field} {reason}")
+        self.field, self.reason = field, reason

@@ -1,10 +1,13 @@
 """Honest evaluation: the model's figures next to baselines, on data it never trained on.
+Numbers only: results.py says how they show.
 
 Words (benchmark W of BENCHMARKS.md): M1 bits per character over len(w)+1 targets per word
 (each letter given the letters before it, then <eos>); M2 next-character accuracy over the
 targets after the first letter; accuracy per letter; the same for a uniform, a unigram and a
 bigram model; and, as makemore reports, whether sampled words are in the training set, the test
-set, or new.
+set, or new. Text (benchmark T): bits per byte, loss per token, top-1/top-5 accuracy, `<UNK>`
+rate and a unigram baseline. Both score through inference/logprobs.py, as `tinylm tokens` and
+the server's `echo` do.
 """
 
 from __future__ import annotations
@@ -12,21 +15,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from tinylm.data.batching import IGNORE, WordBatches
-from tinylm.data.words import load_words
-from tinylm.device import autocast, autocast_dtype
 from tinylm.errors import UserError
+from tinylm.inference.logprobs import score
+from tinylm.results import TextEvaluation, WordEvaluation
 
 LN2 = math.log(2)
 
 
 @dataclass
 class TargetScores:
-    """One entry per target: its log-probability (nats), the top-1 guess, and its position."""
+    """One entry per target: its log-probability (nats), the top-1 guess, and its position
+    (0: predicted from the start token alone)."""
 
     logp: torch.Tensor
     pred: torch.Tensor
@@ -34,29 +36,19 @@ class TargetScores:
     position: torch.Tensor
 
 
-@torch.no_grad()
-def score_targets(model, batches, device=None, precision: str = "fp32") -> TargetScores:
-    device = device or next(model.parameters()).device
-    dtype = autocast_dtype(precision, device)
-    parts = []
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        targets = batch["targets"]
-        with autocast(device, dtype):
-            logits = model(**batch).logits
-        logp = logits.float().log_softmax(dim=-1)
-        keep = targets != IGNORE
-        safe = targets.clamp(min=0)
-        position = torch.arange(targets.shape[1], device=device).expand_as(targets)
-        parts.append(
-            (
-                logp.gather(-1, safe[..., None]).squeeze(-1)[keep].cpu(),
-                logp.argmax(dim=-1)[keep].cpu(),
-                targets[keep].cpu(),
-                position[keep].cpu(),
-            )
-        )
-    return TargetScores(*(torch.cat(p) for p in zip(*parts, strict=True)))
+def word_scores(model, tokenizer, words: list[str], batch_tokens: int = 16_384) -> TargetScores:
+    """Each word read as `<sos> w <eos>`: every letter and the end given what precedes it."""
+    sequences = [
+        [tokenizer.bos_id, *ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(words)
+    ]
+    context = max(map(len, sequences))
+    scores = score(model, sequences, context, top=1, batch_tokens=batch_tokens)
+    return TargetScores(
+        torch.cat([s.logp for s in scores]),
+        torch.cat([s.top_ids[:, 0] for s in scores]),
+        torch.cat([s.targets for s in scores]),
+        torch.cat([torch.arange(len(s.targets)) for s in scores]),
+    )
 
 
 def word_figures(scores: TargetScores, tokenizer) -> dict:
@@ -120,53 +112,22 @@ def ngram_baselines(train_words: list[str], test_words: list[str]) -> dict:
     }
 
 
-def sample_novelty(loaded, known: dict[str, set], n: int, seed: int) -> dict:
-    """Sample n words from scratch (temperature 1) and say where they come from: a split of
-    the data (`known`: split name -> words), or none of them (new)."""
-    from tinylm.inference import Sampling
-
-    words = [c.text for c in loaded.sample([""], Sampling(1.0), n=n, seed=seed)]
+def sample_novelty(words: list[str], known: dict[str, set]) -> dict:
+    """Where sampled words come from: a split of the data (`known`: split name -> words), or
+    none of them (new)."""
+    n = len(words)
     where = [next((name for name, ws in known.items() if w in ws), "new") for w in words]
     result = {"samples": n, **{f"in_{name}": where.count(name) / n for name in known}}
     return {**result, "new": where.count("new") / n, "examples": words[:20]}
 
 
 def evaluate_words(
-    model, tokenizer, test_words, train_words, *, batch_tokens=8192, precision="fp32"
-) -> dict:
+    model, tokenizer, test_words: list[str], train_words: list[str]
+) -> WordEvaluation:
     """M1, M2, accuracy per letter and the n-gram baselines on `test_words`."""
-    batches = WordBatches(test_words, tokenizer, batch_tokens, seed=0, arch=_arch(model))
-    scores = score_targets(model, batches.eval_batches(), precision=precision)
-    result = {"words": len(test_words), **word_figures(scores, tokenizer)}
-    result["baselines"] = ngram_baselines(train_words, test_words)
-    return result
-
-
-def _arch(model) -> str:
-    from tinylm.models import Seq2Seq
-
-    return "seq2seq" if isinstance(model, Seq2Seq) else "decoder"
-
-
-def format_word_table(result: dict) -> str:
-    rows = [("model", result["bits_per_char"], result["next_char_accuracy"])]
-    for name, fig in result["baselines"].items():
-        rows.append((f"{name} baseline", fig["bits_per_char"], fig["next_char_accuracy"]))
-    lines = [
-        f"Test words: {result['words']:,} ({result['targets']:,} targets)",
-        f"{'':<20}{'bits/char (M1)':>16}{'accuracy (M2)':>16}",
-    ]
-    lines += [f"{name:<20}{m1:>16.3f}{m2:>16.3f}" for name, m1, m2 in rows]
-    letters = result["accuracy_per_letter"]
-    lines.append("accuracy per letter: " + "  ".join(f"{k} {v:.2f}" for k, v in letters.items()))
-    s = result.get("sampled_words")
-    if s:
-        lines.append(
-            f"{s['samples']} sampled words: {s['in_train']:.1%} in the training split, "
-            f"{s['in_val']:.1%} in validation, {s['in_test']:.1%} in test, {s['new']:.1%} "
-            f"in none of them (e.g. {', '.join(s['examples'][:8])})"
-        )
-    return "\n".join(lines)
+    figures = word_figures(word_scores(model, tokenizer, test_words), tokenizer)
+    baselines = ngram_baselines(train_words, test_words)
+    return WordEvaluation(words=len(test_words), baselines=baselines, **figures)
 
 
 def evaluate_text(
@@ -177,16 +138,14 @@ def evaluate_text(
     context: int,
     batch_tokens: int = 16_384,
     unigram_counts: torch.Tensor | None = None,
-) -> dict:
+) -> TextEvaluation:
     """Benchmark T's figures on `docs`: each document scored from its start (end-of-text as
     context) in windows of at most `context` tokens that overlap by half, so every token is
-    predicted with at least half a context of history, and exactly once (inference/scoring.py).
+    predicted with at least half a context of history, and exactly once (inference/logprobs.py).
 
     Bits per byte charge every <UNK> its own loss plus 8 bits per UTF-8 byte of the word it
     replaced (the word spelled out by a uniform byte model).
     """
-    from tinylm.inference.scoring import score
-
     encodings = tokenizer.tok.encode_batch(list(docs), add_special_tokens=False)
     sequences = [[tokenizer.bos_id, *enc.ids] for enc in encodings]
     scores = score(model, sequences, context, batch_tokens=batch_tokens)
@@ -197,26 +156,44 @@ def evaluate_text(
     top5 = torch.cat([s.top_ids for s in scores])
     unk_bytes = unknown_bytes(tokenizer, docs, encodings)
     total_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
-    result = {
-        "documents": len(docs),
-        "tokens": count,
-        "bytes": total_bytes,
-        "loss_per_token": nll / count,
-        "perplexity": math.exp(nll / count),
-        "bits_per_byte": (nll / LN2 + 8 * unk_bytes) / total_bytes,
-        "top1_accuracy": float((top5[:, 0] == targets).sum()) / count,
-        "top5_accuracy": float((top5 == targets[:, None]).any(dim=-1).sum()) / count,
-        "unk_rate": float((targets == tokenizer.unk_id).sum()) / count
-        if tokenizer.unk_id is not None
-        else 0.0,  # fmt: skip
-        "unk_bits_per_byte": 8 * unk_bytes / total_bytes,
-    }
+    unk = tokenizer.unk_id
+    baselines = {}
     if unigram_counts is not None:
         counts = unigram_counts.double()
         log_unigram = ((counts + 1) / (counts.sum() + len(counts))).log()
         baseline = -float(log_unigram[targets].sum()) / LN2 + 8 * unk_bytes
-        result["baselines"] = {"unigram": {"bits_per_byte": baseline / total_bytes}}
-    return result
+        baselines["unigram"] = {"bits_per_byte": baseline / total_bytes}
+    return TextEvaluation(
+        documents=len(docs),
+        tokens=count,
+        bytes=total_bytes,
+        loss_per_token=nll / count,
+        perplexity=math.exp(nll / count),
+        bits_per_byte=(nll / LN2 + 8 * unk_bytes) / total_bytes,
+        top1_accuracy=float((top5[:, 0] == targets).sum()) / count,
+        top5_accuracy=float((top5 == targets[:, None]).any(dim=-1).sum()) / count,
+        unk_rate=float((targets == unk).sum()) / count if unk is not None else 0.0,
+        unk_bits_per_byte=8 * unk_bytes / total_bytes,
+        accuracy_by_position=accuracy_by_position(scores, context),
+        baselines=baselines,
+    )
+
+
+def accuracy_by_position(scores, context: int, buckets: int = 8) -> list[tuple[str, float]]:
+    """Top-1 accuracy by position in the first window of each document (position p predicts
+    the token after p tokens of history): how much a prediction gains from the history."""
+    hits, counts = torch.zeros(context), torch.zeros(context)
+    for s in scores:
+        n = min(len(s.targets), context)
+        hits[:n] += (s.top_ids[:n, 0] == s.targets[:n]).float()
+        counts[:n] += 1
+    width = -(-context // buckets)
+    out = []
+    for b in range(0, context, width):
+        if counts[b : b + width].sum():
+            label = f"{b + 1}–{min(context, b + width)}"
+            out.append((label, float(hits[b : b + width].sum() / counts[b : b + width].sum())))
+    return out
 
 
 def unknown_bytes(tokenizer, docs, encodings) -> int:
@@ -228,82 +205,4 @@ def unknown_bytes(tokenizer, docs, encodings) -> int:
         for doc, enc in zip(docs, encodings, strict=True)
         for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
         if i == tokenizer.unk_id
-    )
-
-
-def format_text_table(result: dict) -> str:
-    lines = [
-        f"Documents: {result['documents']:,}, {result['tokens']:,} tokens, {result['bytes']:,} bytes",
-        f"  loss per token      {result['loss_per_token']:.4f} nats (perplexity {result['perplexity']:,.1f})",
-        f"  bits per byte       {result['bits_per_byte']:.4f}",
-        f"  top-1 / top-5       {result['top1_accuracy']:.1%} / {result['top5_accuracy']:.1%}",
-    ]
-    if result["unk_rate"]:
-        lines.append(
-            f"  <UNK> rate          {result['unk_rate']:.1%} (charged {result['unk_bits_per_byte']:.3f}"
-            " bits/byte for the words they hide; case and punctuation are not predicted)"
-        )
-    for name, fig in result.get("baselines", {}).items():
-        lines.append(f"  {name} baseline    {fig['bits_per_byte']:.4f} bits per byte")
-    return "\n".join(lines)
-
-
-def evaluate_run(run, data: str | None = None, samples: int = 1000, seed: int = 0) -> dict:
-    """Evaluate a run's best weights on its test split (or on `data`); save the figures."""
-    from tinylm.inference import load
-
-    loaded = load(run.path)
-    if loaded.task.words:
-        result = _evaluate_words_run(loaded, data, samples, seed)
-    else:
-        result = _evaluate_text_run(run, loaded.cfg, loaded.model, loaded.tokenizer, data)
-    result["data"] = data or "test split"
-    if loaded.caveat:
-        result["caveat"] = loaded.caveat
-    name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
-    run.write_json(name, result)
-    return result
-
-
-def _evaluate_words_run(loaded, data, samples, seed) -> dict:
-    run, cfg, tokenizer = loaded.run, loaded.cfg, loaded.tokenizer
-    splits = {name: run.read_split(name) for name in ("train", "val", "test")}
-    if data:
-        words = load_words(data, cfg.data.min_len, cfg.data.max_len)
-        vocab = tokenizer.tok.get_vocab()
-        usable = [w for w in words if all(c in vocab for c in w)]
-        skipped = len(words) - len(usable)
-        words = usable
-    else:
-        words, skipped = splits["test"], 0
-        if not words:
-            raise UserError(
-                f"{run.path} has no test split (data.test_fraction was 0); pass --data FILE."
-            )
-    if not words:
-        raise UserError(f"No word in {data} can be written with this model's characters.")
-    result = evaluate_words(loaded.model, tokenizer, words, splits["train"])
-    if samples:
-        known = {name: set(ws) for name, ws in splits.items()}
-        result["sampled_words"] = sample_novelty(loaded, known, samples, seed)
-    result["skipped_words"] = skipped
-    return result
-
-
-def _evaluate_text_run(run, cfg, model, tokenizer, data) -> dict:
-    from tinylm import training_data
-    from tinylm.data.text import load_corpus
-
-    corpus, split = training_data.text_split(run, cfg)
-    if data:
-        docs = load_corpus(data, cfg.data.text_field, cfg.data.hf_split).documents
-    else:
-        docs = [corpus.documents[i] for i in split["test"]]
-        if not docs:
-            raise UserError(
-                f"{run.path} has no test documents (data.test_fraction was 0); pass --data SRC."
-            )
-    counts = training_data.train_token_counts(cfg, corpus, split, tokenizer)
-    return evaluate_text(
-        model, tokenizer, docs, context=cfg.model.context_length, unigram_counts=counts
     )

@@ -72,8 +72,14 @@ class Muon(torch.optim.Optimizer):
     `ns_dtype=torch.float32` runs Newton–Schulz in fp32 instead, for hardware without native
     bf16, where bf16 matmuls are emulated: 174 against 7.6 ms a step for `words` (bench/README.md)."""
 
-    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95,
-                 ns_dtype: torch.dtype = torch.bfloat16):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.95,
+        ns_dtype: torch.dtype = torch.bfloat16,
+    ):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
         self.ns_dtype = ns_dtype
 
@@ -102,7 +108,9 @@ class Muon(torch.optim.Optimizer):
                     p.add_(o if o.shape == p.shape else o.mT, alpha=-lr * 0.2 * math.sqrt(cols))
 
 
-def orthogonalize(g: torch.Tensor, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> torch.Tensor:  # fmt: skip
+def orthogonalize(
+    g: torch.Tensor, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7
+) -> torch.Tensor:
     """Newton–Schulz on a stack of matrices (n, rows, columns), rows <= columns: each matrix's
     singular values pushed towards 1 (roughly U V^T of its SVD)."""
     a, b, c = NS_COEFFICIENTS
@@ -147,7 +155,9 @@ class MuonAdamW:
         for o in self.parts:
             sd = o.state_dict()
             state.update({pid + offset: v for pid, v in sd["state"].items()})
-            groups += [{**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]]  # fmt: skip
+            groups += [
+                {**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]
+            ]
             offset += sum(len(g["params"]) for g in sd["param_groups"])
         return {"state": state, "param_groups": groups}
 

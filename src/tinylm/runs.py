@@ -29,16 +29,27 @@ from pathlib import Path
 
 import torch
 
-from tinylm import atomic, checkpoints, weights
+from tinylm import atomic, checkpoints
 from tinylm.config import RunConfig
 from tinylm.errors import UserError
+from tinylm.models import load_model
 from tinylm.tokenizer import Tokenizer
 
 # Files the trainer writes through atomic.py; their leftover temporaries are its to remove.
-OWN_FILES = ("tinylm.yaml", "tokenizer", "config.json", "model.safetensors", "checkpoint", "metrics.jsonl", "loss.png", "generation_config.json", ".save-")  # fmt: skip
+OWN_FILES = (
+    "tinylm.yaml",
+    "tokenizer",
+    "config.json",
+    "model.safetensors",
+    "checkpoint",
+    "metrics.jsonl",
+    "loss.png",
+    "generation_config.json",
+    ".save-",
+)
 
 
-class Run:
+class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
 
@@ -69,7 +80,7 @@ class Run:
 
     # --- creating and opening
     @classmethod
-    def stage(cls, out: Path) -> Run:
+    def stage(cls, out: Path) -> RunDir:
         """A new run, built in a hidden folder beside `out` until `commit` renames it there."""
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,19 +91,19 @@ class Run:
         run.final_path = out
         return run
 
-    def commit(self) -> Run:
+    def commit(self) -> RunDir:
         """Put a staged run in its place with one rename (onto nothing, or an empty folder)."""
         atomic.fsync(self.split_dir)  # every file in it was flushed as it was written
         atomic.fsync(self.path)
         os.replace(self.path, self.final_path)
         atomic.fsync(self.final_path.parent)
-        return Run(self.final_path)
+        return RunDir(self.final_path)
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
-    def open(cls, path: Path) -> Run:
+    def open(cls, path: Path) -> RunDir:
         run = cls(path)
         if not run.path.is_dir():
             raise UserError(f"Run directory {run.path} does not exist.")
@@ -126,15 +137,14 @@ class Run:
         cfg = cfg or self.config()
         return Tokenizer.load(self.path, cfg.tokenizer.kind)
 
-    # --- weights (weights.py)
+    # --- weights: each model saves itself in the Hugging Face layout (models/__init__.py)
     def save_weights(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
-        """The model in the Hugging Face layout: config.json + model.safetensors."""
-        weights.save(self.path, model, tokenizer)
+        model.save(self.path, tokenizer)
 
     def load_model(self, cfg: RunConfig | None = None, tokenizer: Tokenizer | None = None):
         """The best weights, ready for evaluation (eval mode, CPU)."""
         cfg = cfg or self.config()
-        return weights.load(self.path, cfg, tokenizer or self.tokenizer(cfg))
+        return load_model(self.path, cfg.model, tokenizer or self.tokenizer(cfg))
 
     # --- checkpoints for --resume
     def save_checkpoint(self, model, optimizer, meta: dict, rng=None) -> None:

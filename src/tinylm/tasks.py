@@ -1,14 +1,15 @@
-"""What differs between a word completer and a text generator, said once.
+"""What differs between a word completer and a text generator, decided once (`task_for`, from
+the run's saved config) and nowhere else. Every command, the API and the server ask the task,
+never what it is: how a prompt becomes token ids, which tokens are never sampled, where
+generation stops, how generated ids read as text, what data the run trains on, how it is
+evaluated, what a demo shows, and which requests make sense. Two implementations share one
+contract, as makemore's models share theirs:
 
-A run's task is decided from its saved config (`task_for`) and nowhere else. Every command
-and the server ask the task how a prompt becomes model input, which tokens are never sampled,
-where generation stops, and how generated tokens read as text. Three implementations share
-one contract, as makemore's models share theirs:
+    TextTask   a text generator (word-level or BPE tokens): `<start> prompt` -> more text
+    WordTask   a word completer (characters): `<sos> prefix` -> the rest of the word, `<eos>`
 
-    TextTask         a text generator (word-level or BPE tokens, or characters of running text)
-    WordTask         a word completer on the decoder: `<sos> prefix` -> the rest, then `<eos>`
-    Seq2SeqWordTask  the notebook's encoder-decoder: encoder reads `<sos> prefix <eos>`, the
-                     decoder reads `<sos> prefix` and writes the rest, then `<eos>`
+What depends on the architecture (decoder or encoder-decoder) is the model's own
+(models/__init__.py); a task hands any model the same token ids.
 """
 
 from __future__ import annotations
@@ -16,61 +17,89 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinylm.config import RunConfig
+from tinylm.data.splits import TextData, WordData
+from tinylm.data.text import load_corpus
+from tinylm.data.words import load_words
 from tinylm.errors import UserError
-from tinylm.tokenizer import Tokenizer
+from tinylm.evaluate import evaluate_text, evaluate_words, sample_novelty
+from tinylm.inference.engine import Job
+from tinylm.inference.sampling import Sampling, make_generator
+from tinylm.inference.search import WordRules, likeliest_words
+from tinylm.results import (
+    DEMO_TEMPERATURES,
+    Completions,
+    Demo,
+    Generations,
+    TextEvaluation,
+    Word,
+    WordEvaluation,
+    WordList,
+    probability,
+)
+from tinylm.tokenizer import Detokenizer, Tokenizer
 
 
 @dataclass
 class Prompt:
-    """Model input for one prompt: what the decoder reads first (start token included), and
-    for an encoder-decoder what its encoder reads."""
+    """Model input for one prompt: the token ids the model reads first."""
 
     text: str
     ids: list[int]
-    encoder: list[int] | None = None
     start: bool = True  # ids begin with the start token tinylm put there (not the user's)
 
     @property
     def tokens(self) -> int:
         """Prompt tokens as a user counts them (without the start token)."""
-        if self.encoder:
-            return len(self.encoder) - 2
         return len(self.ids) - (1 if self.start else 0)
 
 
 class Task:
     """The contract: see the module docstring."""
 
-    kind: str  # what the model card and `info` call it
-    default_max_tokens: int
+    name: str  # what `info`, the report and the server call it
+    data: type[WordData] | type[TextData]  # what the run trains and evaluates on
 
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.stop_ids: tuple[int, ...] = (tokenizer.eos_id,)
 
-    @property
-    def words(self) -> bool:
-        return self.kind == "word completer"
+    def job(
+        self, prompt: Prompt | str, sampling: Sampling, *, max_tokens=None, seed=None, logprobs=None
+    ) -> Job:
+        """A job for the engine continuing `prompt`: its token ids (start token first), the
+        tokens never sampled, where it stops and how long it may grow."""
+        if isinstance(prompt, str):
+            prompt = self.prompt(prompt)
+        return Job(
+            prompt=prompt.ids,
+            max_tokens=self.max_new_tokens(prompt, max_tokens),
+            sampling=sampling,
+            generator=make_generator(seed),
+            stop_ids=self.stop_ids,
+            banned=self.banned,
+            logprobs=logprobs,
+        )
 
-    def prompt(self, text: str) -> Prompt:
-        raise NotImplementedError
+    def refuse(self, what: str, instead: str) -> None:
+        raise UserError(f"{what} for {instead}; this run is a {self.name}.")
 
-    @property
-    def banned(self) -> tuple[int, ...]:
-        """Tokens never sampled."""
-        raise NotImplementedError
+    def text_only(self, what: str) -> None:
+        """Refuse what only a text generator does (chat, echo, log-probabilities...)."""
 
-    def max_new_tokens(self, prompt: Prompt, requested: int | None) -> int:
-        return self.default_max_tokens if requested is None else requested
+    def words_only(self, what: str) -> None:
+        """Refuse what only a word completer does (the likeliest words)."""
 
-    def reader(self) -> TextReader:
-        """Turns this task's generated ids into text pieces, one call per token."""
-        return TextReader(self.tokenizer)
+    def warm_up(self, model) -> None:
+        """Run what a compiled server runs besides the engine's decode step, so that it
+        compiles before the first request rather than during it."""
 
 
 class TextTask(Task):
-    kind = "text generator"
+    name = "text generator"
+    data = TextData
     default_max_tokens = 25  # the text notebook's
+    default_demo = ["The"]  # for a run whose config names no demo prompts
+    evaluation = TextEvaluation  # what `evaluate` returns
 
     def prompt(self, text: str) -> Prompt:
         """The start token, then the prompt's tokens (a prompt longer than the context keeps
@@ -84,7 +113,9 @@ class TextTask(Task):
         vocab = self.tokenizer.vocab_size
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise UserError(f"Token id {bad[0]} is not in this model's vocabulary (0 to {vocab - 1}).")  # fmt: skip
+            raise UserError(
+                f"Token id {bad[0]} is not in this model's vocabulary (0 to {vocab - 1})."
+            )
         return Prompt(self.tokenizer.decode(ids), list(ids), start=False)
 
     @property
@@ -93,9 +124,71 @@ class TextTask(Task):
         tok = self.tokenizer
         return tuple(i for i in (tok.pad_id, tok.unk_id) if i is not None)
 
+    def max_new_tokens(self, prompt: Prompt, requested: int | None) -> int:
+        return self.default_max_tokens if requested is None else requested
+
+    def detokenizer(self) -> Detokenizer:
+        """Generated tokens continue the prompt (a word-level token after a space)."""
+        return self.tokenizer.detokenizer(joined=True)
+
+    def words_only(self, what: str) -> None:
+        self.refuse(what, "word completers (use generate)")
+
+    def complete(self, model, *args) -> None:
+        self.words_only("The likeliest words are")
+
+    def searches(self, sampling) -> bool:
+        """Whether a request with these settings is answered by the word search."""
+        return False
+
+    def scored(self, text: str) -> tuple[list[int], list[str]]:
+        """The sequence `tinylm tokens` scores for `text` (start token first), and the stretch
+        of the text each scored token stands for."""
+        tok = self.tokenizer
+        tok.check_chars(text)
+        enc = tok.tok.encode(text, add_special_tokens=False)
+        if not enc.ids:
+            raise UserError("The text has no tokens to score.")
+        starts = [0, *(a for a, _ in enc.offsets[1:]), len(text)]
+        pieces = [text[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+        return [tok.bos_id, *enc.ids], pieces
+
+    def evaluate(self, model, run_dir, data: str | None = None, samples: int = 0, seed: int = 0):
+        """Bits per byte and the rest on the test documents (or on `data`)."""
+        held = self.data.reload(run_dir, self.cfg)
+        if data:
+            docs = load_corpus(data, self.cfg.data.text_field, self.cfg.data.hf_split).documents
+        else:
+            docs = held.documents("test")
+            if not docs:
+                raise UserError(
+                    f"{run_dir.path} has no test documents (data.test_fraction was 0); pass "
+                    "--data SRC."
+                )
+        counts = held.train_token_counts(self.tokenizer)
+        return evaluate_text(
+            model.net,
+            self.tokenizer,
+            docs,
+            context=self.cfg.model.context_length,
+            unigram_counts=counts,
+        )
+
+    def demo(self, model, prompts: list[str]) -> Demo:
+        """Each demo prompt continued once at each demo temperature (seed 0)."""
+        samples = {}
+        for t in DEMO_TEMPERATURES:
+            samples[t] = Generations(
+                model.generate(p, temperature=t, top_p=1.0, seed=0) for p in prompts
+            )
+        return Demo(samples)
+
 
 class WordTask(Task):
-    kind = "word completer"
+    name = "word completer"
+    data = WordData
+    default_demo = ["fin", "tra", "com"]
+    evaluation = WordEvaluation
 
     @property
     def max_len(self) -> int:
@@ -123,6 +216,9 @@ class WordTask(Task):
     def prompt(self, text: str) -> Prompt:
         return Prompt(text, [self.tokenizer.bos_id, *self.letters(text)])
 
+    def prompt_ids(self, ids: list[int]) -> Prompt:
+        self.text_only("Token-id prompts are served")
+
     @property
     def banned(self) -> tuple[int, ...]:
         """Padding, the start token and the space: never inside a word."""
@@ -135,46 +231,116 @@ class WordTask(Task):
         left = self.max_len - len(prompt.text)
         return left if requested is None else min(requested, left)
 
-    def reader(self) -> TextReader:
-        return LetterReader(self.tokenizer)
+    def detokenizer(self) -> Detokenizer:
+        return self.tokenizer.detokenizer()
+
+    def text_only(self, what: str) -> None:
+        self.refuse(what, "text models")
+
+    def searches(self, sampling) -> bool:
+        """Temperature 0 asks for the likeliest distinct words, found by the search."""
+        return sampling.greedy
+
+    def complete(
+        self, model, prefixes, top=5, temperature=0.0, num=None, max_length=None, seed=None
+    ) -> Completions:
+        """The `top` likeliest words of each prefix, or with a temperature above 0, `num`
+        (default `top`) sampled words (api.Model.complete)."""
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        sampling = Sampling(temperature)
+        for prefix in prefixes:
+            self.prompt(prefix)  # every prefix checked before any work
+        if self.searches(sampling):
+            net, compiled = model.net, model.compiled
+            return Completions(
+                self.likeliest(net, p, num or top, max_length, compiled) for p in prefixes
+            )
+        return self.samples(model, prefixes, sampling, num or top, seed, max_length)
+
+    def warm_up(self, model) -> None:
+        """The search compiles for shapes that vary: run it from prefixes of two lengths."""
+        model.complete(["", self.tokenizer.characters[0]], 5)
+
+    def likeliest(self, net, prefix: str, k: int, max_length: int | None = None, compile=False):
+        """The k likeliest words completing `prefix` (at most `max_length` letters in all,
+        default the run's longest word), best first (inference/search.py)."""
+        prompt, tok = self.prompt(prefix), self.tokenizer
+        letters = [i for i in range(tok.vocab_size) if i not in self.banned and i != tok.eos_id]
+        rules = WordRules(
+            letters,
+            tok.eos_id,
+            max_letters=(max_length or self.max_len) - len(prefix),
+            min_letters=self.cfg.data.min_len - len(prefix),  # no word of the data is shorter
+        )
+        found = likeliest_words(net, prompt.ids, rules, k, compile=compile)
+        words = [Word(prefix + tok.decode(ids), p) for ids, p in found.words]
+        return WordList(prefix, words, ranked=True, exact=found.exact)
+
+    def samples(self, model, prefixes, sampling, num: int, seed=None, max_length=None):
+        """`num` sampled words per prefix (a word cut by `max_length` is not finished)."""
+        limits = [max_length and max_length - len(p) for p in prefixes]
+        outs = model.sample(prefixes, sampling, n=num, seed=seed, max_tokens=limits)
+        lists = Completions()
+        for i, prefix in enumerate(prefixes):
+            mine = outs[i * num : (i + 1) * num]
+            words = [
+                Word(prefix + c.text, probability(c.logprob, c.finished), c.finished) for c in mine
+            ]
+            lists.append(WordList(prefix, words, ranked=False))
+        return lists
+
+    def scored(self, text: str) -> tuple[list[int], list[str]]:
+        """A word letter by letter from `<sos>`, then its end-of-word."""
+        ids = self.prompt(text).ids
+        return [*ids, self.tokenizer.eos_id], [*text, ""]
+
+    def evaluate(self, model, run_dir, data: str | None = None, samples: int = 0, seed: int = 0):
+        """M1, M2 and the rest on the test words (or the words of `data` this model's
+        characters can write), and where `samples` words sampled at temperature 1 come from."""
+        splits = self.data.reload(run_dir, self.cfg).splits
+        skipped = 0
+        if data:
+            words = load_words(data, self.cfg.data.min_len, self.cfg.data.max_len)
+            vocab = self.tokenizer.tok.get_vocab()
+            usable = [w for w in words if all(c in vocab for c in w)]
+            words, skipped = usable, len(words) - len(usable)
+            if not words:
+                raise UserError(f"No word in {data} can be written with this model's characters.")
+        else:
+            words = splits["test"]
+            if not words:
+                raise UserError(
+                    f"{run_dir.path} has no test split (data.test_fraction was 0); pass --data "
+                    "FILE."
+                )
+        result = evaluate_words(model.net, self.tokenizer, words, splits["train"])
+        if samples:
+            drawn = model.sample([""], Sampling(1.0), n=samples, seed=seed)
+            known = {name: set(ws) for name, ws in splits.items()}
+            result.sampled_words = sample_novelty([c.text for c in drawn], known)
+        result.skipped_words = skipped
+        return result
+
+    def demo(self, model, prefixes: list[str]) -> Demo:
+        """The five likeliest words of each demo prefix, and five sampled at each demo
+        temperature (seed 0)."""
+        likeliest = Completions(
+            self.likeliest(model.net, p, 5, compile=model.compiled) for p in prefixes
+        )
+        samples = {}
+        for t in DEMO_TEMPERATURES:
+            samples[t] = self.samples(model, prefixes, Sampling(t), 5, seed=0)
+        return Demo(samples, likeliest)
 
 
-class Seq2SeqWordTask(WordTask):
-    def prompt(self, text: str) -> Prompt:
-        """The encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> prefix` too (as it
-        was trained) and writes the rest."""
-        tok, letters = self.tokenizer, self.letters(text)
-        return Prompt(text, [tok.bos_id, *letters], encoder=[tok.bos_id, *letters, tok.eos_id])
+TASKS = {"words": WordTask, "text": TextTask}
 
 
 def task_for(cfg: RunConfig, tokenizer: Tokenizer) -> Task:
     """The one place that decides what a run is, from its saved config."""
-    if cfg.data.kind == "text":
-        return TextTask(cfg, tokenizer)
-    if cfg.model.arch == "seq2seq":
-        return Seq2SeqWordTask(cfg, tokenizer)
-    return WordTask(cfg, tokenizer)
+    return TASKS[cfg.task](cfg, tokenizer)
 
 
-class TextReader:
-    """Generated ids to text pieces as they come: each piece is the new part of the decoded
-    text, so word-level tokens come with their spaces and a UTF-8 character split over
-    byte-level tokens is held back until it is whole."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if self.tokenizer.kind == "word":
-            text = " " + text  # words are joined by spaces, the first one to the prompt too
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.shown = text[len(self.shown) :], text
-        return piece
-
-
-class LetterReader(TextReader):
-    def add(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+def data_for(cfg: RunConfig) -> type[WordData] | type[TextData]:
+    """What a run of this config trains and evaluates on (before it has a tokenizer)."""
+    return TASKS[cfg.task].data

@@ -17,9 +17,11 @@ Hugging Face), so only tinylm, by id, ever places a special token.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -55,6 +57,7 @@ class Tokenizer:
             ids["eos"],
             ids["unk"],
         )
+        self.special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
 
     @property
     def vocab_size(self) -> int:
@@ -80,6 +83,26 @@ class Tokenizer:
     def token_text(self, i: int) -> str:
         """One token on its own, as text (special tokens by name)."""
         return self.tok.decode([i], skip_special_tokens=False)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes a token stands for (a special token: its name's). A byte-level BPE
+        token may hold part of a UTF-8 character; the others are whole text."""
+        name = self.tok.id_to_token(i)
+        if self.kind == "bpe" and i not in self.special_ids:
+            return bytes(BYTE_OF[c] for c in name)
+        return name.encode("utf-8")
+
+    def label(self, i: int) -> str:
+        """A token as a person reads it: its text with spaces shown as ␣, or a special name."""
+        if i in self.special_ids:
+            return self.tok.id_to_token(i)
+        text = self.token_bytes(i).decode("utf-8", errors="replace")
+        return text.replace(" ", "␣") or self.tok.id_to_token(i)
+
+    def detokenizer(self, joined: bool = False) -> Detokenizer:
+        """Generated ids to text, one token at a time (see Detokenizer). `joined`: the tokens
+        continue a text, so a word-level token takes its joining space from the first one."""
+        return Detokenizer(self, joined)
 
     def special_tokens(self) -> list[str]:
         return [t.content for t in self.tok.get_added_tokens_decoder().values() if t.special]
@@ -177,6 +200,16 @@ def build_word(texts: Iterable[str], vocab_size: int = 10_000):
     return Tokenizer(tok, "word")  # no start token added: see the module docstring
 
 
+def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int = 0) -> Tokenizer:
+    """A new tokenizer of `kind` from `texts`: char takes the characters seen; word and bpe
+    keep `vocab_size` entries (0: 10,000 and 4,096)."""
+    if kind == "char":
+        return build_char(texts)
+    if kind == "word":
+        return build_word(texts, vocab_size or 10_000)
+    return build_bpe(texts, vocab_size or 4096, length=len(texts))
+
+
 def build_bpe(texts: Iterable[str], vocab_size: int = 4096, length: int | None = None):
     """Byte-level BPE (GPT-2 style): every string encodes, nothing is unknown."""
     tok = HFTokenizer(models.BPE())
@@ -191,3 +224,66 @@ def build_bpe(texts: Iterable[str], vocab_size: int = 4096, length: int | None =
     )
     tok.train_from_iterator(texts, trainer, length=length)
     return Tokenizer(tok, "bpe")  # no start token added: see the module docstring
+
+
+def byte_table() -> dict[str, int]:
+    """Byte-level BPE's characters back to the bytes they stand for: GPT-2's table, which the
+    `tokenizers` library's ByteLevel pre-tokenizer uses (printable bytes stand for
+    themselves, the others are shifted past 255)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = dict(zip(printable, printable, strict=True)), 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = 256 + extra, extra + 1
+    return {chr(c): b for b, c in chars.items()}
+
+
+BYTE_OF = byte_table()
+
+
+@dataclass
+class Piece:
+    """What one token adds to a text: `text` (a UTF-8 character split over byte-level tokens
+    belongs to the token that completes it; special tokens add none), the `bytes` the token
+    stands for, and `offset`, where the token's own text starts in the text so far, counted
+    in characters (a word-level token's text comes after the space that joins it)."""
+
+    text: str
+    bytes: bytes
+    offset: int
+
+
+class Detokenizer:
+    """Token ids to text one token at a time, in time independent of the text's length: the
+    one way tinylm turns ids into text (generation, the server's echo and log-probabilities,
+    attention labels). Word-level tokens are joined by spaces; byte-level BPE tokens go
+    through an incremental UTF-8 decoder; special tokens add no text."""
+
+    def __init__(self, tokenizer: Tokenizer, joined: bool = False):
+        self.tokenizer, self.joined = tokenizer, joined
+        self.spaced = tokenizer.kind == "word"  # words are joined by spaces
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.length = 0  # characters given so far
+
+    def add(self, token: int) -> Piece:
+        tok = self.tokenizer
+        data = tok.token_bytes(token)
+        if token in tok.special_ids:
+            return Piece("", data, self.length)
+        text = self.utf8.decode(data)
+        start = self.length
+        if self.spaced and self.joined:
+            text, start = " " + text, start + 1
+        self.joined = True
+        self.length += len(text)
+        return Piece(text, data, start)
+
+    def flush(self) -> str:
+        """What an unfinished UTF-8 character at the end decodes to (U+FFFD), or nothing."""
+        text = self.utf8.decode(b"", final=True)
+        self.length += len(text)
+        return text

@@ -21,25 +21,15 @@ WHOLE_WORDS = 0.5
 
 
 class WordBatches:
-    """Training batches of words for both architectures, and evaluation batches of every word.
+    """Training batches of words, and evaluation batches of every word; what a model reads
+    differs by architecture (`PackedWordBatches` for the decoder, `PrefixWordBatches` for the
+    encoder-decoder), and each model class names its own (`Model.word_batches`).
 
-    For the decoder a word is `<sos> w` predicting `w <eos>`, and training words are packed:
-    rows of `row` positions (twice the longest word) each hold several words one after another
-    (best fit among the last few rows still open: about 94 % of the positions are letters),
-    with `position_ids` restarting at 0 for each word, so a word sees only its own letters
-    (Decoder.forward) and the model learns exactly what it would from the words one a row.
-    Every batch then has the same shape: one compile, and fewer, longer rows than batches of
-    words of one length (bench/README.md: rows of packed words).
+    Words are grouped by length (`buckets`); an epoch's plan is shuffled with a generator
+    seeded by (seed, epoch), so a step's batch depends on nothing but (seed, step, rank)."""
 
-    For seq2seq the encoder reads `<sos> prefix <eos>`; the decoder reads `<sos> w` as well
-    and predicts only the rest of the word and `<eos>` (labels -100 over the prefix), so it
-    sees the letters it continues, as the decoder-only model does. Half the words are read
-    whole (an empty prefix), the others split at a random point. Its batches, and every
-    evaluation batch, hold words of one length and carry no padding.
-    """
-
-    def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int, arch: str):
-        self.tok, self.arch, self.seed = tokenizer, arch, seed
+    def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int):
+        self.tok, self.seed = tokenizer, seed
         self.words = tokenizer.encode_batch(words)
         by_len: dict[int, list[list[int]]] = {}
         for ids in self.words:
@@ -47,69 +37,57 @@ class WordBatches:
         self.buckets = {n: torch.tensor(rows) for n, rows in sorted(by_len.items())}
         self.batch_sizes = {n: max(1, batch_tokens // (n + 1)) for n in self.buckets}
         self._plan_epoch, self._plan = -1, []
-        if arch == "decoder":
-            self.row = 2 * (max(self.buckets) + 1)
-            self.rows_per_batch = max(1, batch_tokens // self.row)
-            rows = pack(self._lengths(), self.row)  # as many as an epoch packs, within 0.1 %
-            self.steps_per_epoch = max(1, len(rows) // self.rows_per_batch)
-        else:
-            self.steps_per_epoch = sum(
-                -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
-            )
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+        index = step * world_size + rank
+        epoch, i = divmod(index, self.steps_per_epoch)
+        if epoch != self._plan_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._plan, self._plan_epoch = self.epoch_plan(g), epoch
+        return self.training_batch(self._plan, i, index)
+
+    def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every word once, in a fixed order, words of one length a batch (no padding)."""
+        for n, rows in self.buckets.items():
+            yield from map(self.eval_batch, rows.split(self.batch_sizes[n]))
+
+
+class PackedWordBatches(WordBatches):
+    """The decoder's: a word is `<sos> w` predicting `w <eos>`, and training words are
+    packed: rows of `row` positions (twice the longest word) each hold several words one after
+    another (best fit among the last few rows still open: about 94 % of the positions are
+    letters), with `position_ids` restarting at 0 for each word, so a word sees only its own
+    letters (Decoder.forward) and the model learns exactly what it would from the words one a
+    row. Every batch then has the same shape: one compile, and fewer, longer rows than batches
+    of words of one length (bench/README.md: rows of packed words)."""
+
+    def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int):
+        super().__init__(words, tokenizer, batch_tokens, seed)
+        self.row = 2 * (max(self.buckets) + 1)
+        self.rows_per_batch = max(1, batch_tokens // self.row)
+        rows = pack(self._lengths(), self.row)  # as many as an epoch packs, within 0.1 %
+        self.steps_per_epoch = max(1, len(rows) // self.rows_per_batch)
 
     def _lengths(self, order=None) -> list[int]:
         """Positions each word takes in a packed row: `<sos>` and its letters."""
         return [len(self.words[i]) + 1 for i in order or range(len(self.words))]
 
-    def _epoch_plan(self, epoch: int) -> list:
-        """The epoch's batches (seq2seq: tensors of words) or packed rows (decoder: lists of
-        word indices), shuffled with a generator seeded by (seed, epoch)."""
-        if epoch != self._plan_epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            if self.arch == "decoder":
-                # An epoch is always steps_per_epoch batches: rows its packing has beyond
-                # those are dropped, rows it lacks are taken again from its start (a few words).
-                order = torch.randperm(len(self.words), generator=g).tolist()
-                rows = [[order[j] for j in row] for row in pack(self._lengths(order), self.row)]
-                need = self.steps_per_epoch * self.rows_per_batch
-                self._plan = (rows + rows[: max(0, need - len(rows))])[:need]
-            else:
-                chunks = []
-                for n, rows in self.buckets.items():
-                    shuffled = rows[torch.randperm(len(rows), generator=g)]
-                    chunks.extend(shuffled.split(self.batch_sizes[n]))
-                order = torch.randperm(len(chunks), generator=g).tolist()
-                self._plan = [chunks[i] for i in order]
-            self._plan_epoch = epoch
-        return self._plan
+    def epoch_plan(self, g: torch.Generator) -> list[list[int]]:
+        """The epoch's packed rows (lists of word indices). An epoch is always
+        steps_per_epoch batches: rows its packing has beyond those are dropped, rows it lacks
+        are taken again from its start (a few words)."""
+        order = torch.randperm(len(self.words), generator=g).tolist()
+        rows = [[order[j] for j in row] for row in pack(self._lengths(order), self.row)]
+        need = self.steps_per_epoch * self.rows_per_batch
+        return (rows + rows[: max(0, need - len(rows))])[:need]
 
-    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
-        index = step * world_size + rank
-        epoch, i = divmod(index, self.steps_per_epoch)
-        plan = self._epoch_plan(epoch)
-        if self.arch == "decoder":
-            n = self.rows_per_batch
-            return self.packed_batch(
-                [[self.words[w] for w in row] for row in plan[i * n : (i + 1) * n]]
-            )
-        letters = plan[i]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        split = torch.randint(0, letters.shape[1], (len(letters),), generator=g)
-        whole = torch.rand(len(letters), generator=g) < WHOLE_WORDS
-        split = split.masked_fill(whole, 0).tolist()
-        return self.seq2seq_batch(letters.tolist(), split)
+    def training_batch(self, plan, i: int, index: int) -> dict[str, torch.Tensor]:
+        n = self.rows_per_batch
+        return self.packed_batch(
+            [[self.words[w] for w in row] for row in plan[i * n : (i + 1) * n]]
+        )
 
-    def eval_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Every word once, in a fixed order; seq2seq reads an empty prefix (the whole word is
-        predicted, so its loss is comparable with the decoder's)."""
-        for n, rows in self.buckets.items():
-            for chunk in rows.split(self.batch_sizes[n]):
-                if self.arch == "seq2seq":
-                    yield self.seq2seq_batch(chunk.tolist(), [0] * len(chunk))
-                else:
-                    yield self.decoder_batch(chunk)
-
-    def decoder_batch(self, letters: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eval_batch(self, letters: torch.Tensor) -> dict[str, torch.Tensor]:
         B = len(letters)
         sos = torch.full((B, 1), self.tok.bos_id, dtype=torch.long)
         eos = torch.full((B, 1), self.tok.eos_id, dtype=torch.long)
@@ -140,22 +118,54 @@ class WordBatches:
             "position_ids": torch.tensor(positions),
         }
 
-    def seq2seq_batch(self, words: list[list[int]], split: list[int]) -> dict[str, torch.Tensor]:
+
+class PrefixWordBatches(WordBatches):
+    """The encoder-decoder's: the encoder reads `<sos> prefix <eos>`; the decoder reads
+    `<sos> w` as well and predicts only the rest of the word and `<eos>` (labels -100 over the
+    prefix), so it sees the letters it continues, as the decoder-only model does. Half the
+    words are read whole (an empty prefix), the others split at a random point. Batches hold
+    words of one length and carry no padding; evaluation reads every word whole."""
+
+    def __init__(self, words: list[str], tokenizer, batch_tokens: int, seed: int):
+        super().__init__(words, tokenizer, batch_tokens, seed)
+        self.steps_per_epoch = sum(
+            -(-len(rows) // self.batch_sizes[n]) for n, rows in self.buckets.items()
+        )
+
+    def epoch_plan(self, g: torch.Generator) -> list[torch.Tensor]:
+        chunks = []
+        for n, rows in self.buckets.items():
+            shuffled = rows[torch.randperm(len(rows), generator=g)]
+            chunks.extend(shuffled.split(self.batch_sizes[n]))
+        order = torch.randperm(len(chunks), generator=g).tolist()
+        return [chunks[i] for i in order]
+
+    def training_batch(self, plan, i: int, index: int) -> dict[str, torch.Tensor]:
+        letters = plan[i]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        split = torch.randint(0, letters.shape[1], (len(letters),), generator=g)
+        whole = torch.rand(len(letters), generator=g) < WHOLE_WORDS
+        return self.prefix_batch(letters.tolist(), split.masked_fill(whole, 0).tolist())
+
+    def eval_batch(self, letters: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.prefix_batch(letters.tolist(), [0] * len(letters))
+
+    def prefix_batch(self, words: list[list[int]], split: list[int]) -> dict[str, torch.Tensor]:
         tok = self.tok
         enc = [[tok.bos_id, *w[:k], tok.eos_id] for w, k in zip(words, split, strict=True)]
         labels = [[IGNORE] * k + [*w[k:], tok.eos_id] for w, k in zip(words, split, strict=True)]
-        input_ids = pad(enc, tok.pad_id)
+        input_ids = pad_rows(enc, tok.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": (input_ids != tok.pad_id).long(),
-            "decoder_input_ids": pad([[tok.bos_id, *w] for w in words], tok.pad_id),
-            "targets": pad(labels, IGNORE),
+            "decoder_input_ids": pad_rows([[tok.bos_id, *w] for w in words], tok.pad_id),
+            "targets": pad_rows(labels, IGNORE),
         }
 
 
 def micro_batches(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
     """Cut a batch into consecutive micro-batches of whole rows, each of at most `max_tokens`
-    target positions (at least one row). Text windows divide exactly (RunConfig.batch_split)."""
+    target positions (at least one row). Text windows divide exactly (data/splits.py)."""
     rows, width = batch["targets"].shape
     per = max(1, max_tokens // width)
     if per >= rows:
@@ -189,7 +199,8 @@ def pack(lengths: list[int], width: int, window: int = 8) -> list[list[int]]:
     return rows
 
 
-def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-padded to the longest row, as one tensor."""
     width = max(len(r) for r in rows)
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 

@@ -48,8 +48,10 @@ def pack_documents(docs, tokenizer, path: Path, desc: str = "tokenizing") -> int
     tmp = path.with_name(path.name + ".tmp")
     total = 0
     show = os.isatty(2) and n_bytes > 1_000_000
-    with open(tmp, "wb") as f, tqdm(total=n_bytes, unit="B", unit_scale=True, desc=desc,
-                                    disable=not show) as bar:  # fmt: skip
+    with (
+        open(tmp, "wb") as f,
+        tqdm(total=n_bytes, unit="B", unit_scale=True, desc=desc, disable=not show) as bar,
+    ):
         for start in range(0, len(docs), CHUNK_DOCS):
             chunk = docs[start : start + CHUNK_DOCS]
             for ids in tokenizer.encode_batch(chunk):

@@ -16,6 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
 from tinylm.errors import UserError
 
 EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
@@ -77,7 +80,7 @@ def _decode(path: Path, data: bytes) -> str:
 def _read_file(path: Path, data: bytes, field: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # 0.3 s to import, for parquet files only
 
         try:
             table = pq.read_table(path, columns=[field])
@@ -128,9 +131,6 @@ def _load_hub(name: str, field: str, split: str) -> Corpus:
         "HF_DATASETS_OFFLINE", ""
     ) not in ("", "0")
     if not offline:
-        import huggingface_hub
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
         try:
             huggingface_hub.dataset_info(name, timeout=10)
         except RepositoryNotFoundError:
@@ -142,7 +142,7 @@ def _load_hub(name: str, field: str, split: str) -> Corpus:
                 f"Cannot reach the Hugging Face hub to fetch '{name}' (offline?); set "
                 "HF_HUB_OFFLINE=1 to use a cached copy, or give a local file or folder with --data."
             ) from None
-    import datasets
+    import datasets  # 1.5 s to import, for hub sources only
 
     datasets.disable_progress_bars() if not os.isatty(2) else None
     try:

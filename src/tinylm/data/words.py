@@ -24,7 +24,7 @@ def load_words(source: str, min_len: int = 3, max_len: int = 15) -> list[str]:
 def builtin_words() -> list[str]:
     """NLTK's `words` corpus if installed (NLTK_DATA is honoured), else the same web2 list from
     the `english-words` package, which works offline."""
-    try:
+    try:  # imported here: nltk takes ~3 s to import, and only the built-in word list needs it
         from nltk.corpus import words
 
         return words.words("en")

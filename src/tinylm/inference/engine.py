@@ -6,10 +6,11 @@ different lengths advance together and a new job can join between any two steps:
 runs it with continuous batching from a thread (serve/worker.py), the commands run it to
 the end with `generate`. What a step produced comes back as `Step` events.
 
-Decoder-only models keep a key/value cache with one row per job and slide their window when
-the context fills (the policy is in backends.CachedDecoder); the encoder-decoder computes its
-encoder states once per job (backends.EncoderDecoder). A failure inside one job (its
-sampling, or its part of a batched forward) ends that job alone with finish "error".
+How a model runs a batch of jobs is its own (`model.backend`, models/__init__.py): the decoder
+keeps a key/value cache with one row per job and slides its window when the context fills;
+the encoder-decoder computes its encoder states once per job. The engine knows only token ids,
+as nanochat's does. A failure inside one job (its sampling, or its part of a batched forward)
+ends that job alone with finish "error".
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tinylm.inference.backends import backend_for
+from tinylm.inference.logprobs import log_probs
 from tinylm.inference.sampling import Sampling, choose
 
 
@@ -34,7 +35,6 @@ class Job:
     generator: torch.Generator
     stop_ids: tuple[int, ...] = ()
     banned: tuple[int, ...] = ()
-    encoder: list[int] | None = None  # encoder-decoder: what the encoder reads
     logprobs: int | None = None  # report each token's log-probability, and this many others
     emit: Callable[[Step], None] | None = None  # the server's way to hear about this job
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -63,7 +63,7 @@ class Step:
 class Engine:
     def __init__(self, model, rows: int = 1, compile: bool = False):
         self.model = model
-        self.backend = backend_for(model, rows, compile)
+        self.backend = model.backend(rows, compile)
         self.active: list[Job] = []
 
     def room(self) -> int:
@@ -97,7 +97,7 @@ class Engine:
                 continue
             try:
                 step = self._sample(job)
-            except Exception as e:  # noqa: BLE001 - this job alone fails
+            except Exception as e:  # this job alone fails
                 events.append(self._end(job, "error", _describe(e)))
                 continue
             if step.token in job.stop_ids:
@@ -137,7 +137,7 @@ class Engine:
         token = choose(job.logits, job.sampling, job.generator, banned)
         if job.logprobs is None:
             return Step(job, token)
-        logp = job.logits.float().log_softmax(dim=-1)
+        logp = log_probs(job.logits)
         top = None
         if job.logprobs:
             values, ids = logp.topk(min(job.logprobs, logp.numel()))
@@ -152,7 +152,7 @@ class Engine:
         try:
             yield from ((j, row, None) for j, row in zip(jobs, run(jobs), strict=True))
             return
-        except Exception:  # noqa: BLE001 - find the job at fault below
+        except Exception:  # find the job at fault below
             if len(jobs) == 1:
                 traceback.print_exc()
                 yield jobs[0], None, "the model failed on this request"

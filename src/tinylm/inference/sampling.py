@@ -8,18 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tinylm.errors import UserError
+from tinylm.errors import SamplingError
 
 MAX_TEMPERATURE = 2.0
 GREEDY_BELOW = 1e-4  # a temperature this small is taken as 0: dividing by it would overflow
-
-
-class SamplingError(UserError):
-    """A sampling setting out of range; `field` is its API name (temperature, top_p, top_k)."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field} {reason}")
-        self.field, self.reason = field, reason
 
 
 def _number(value) -> bool:

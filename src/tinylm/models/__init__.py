@@ -1,43 +1,57 @@
-"""The models tinylm trains, behind one interface: `model(**batch)` returns logits and, with
-targets, the loss; `batch["targets"]` is aligned with the logits (-100 = ignored)."""
+"""The models tinylm trains, behind one contract, as makemore's models share theirs. Every
+caller holds "a model" and never asks which: each model class supplies what depends on its
+architecture.
+
+    Model.build(cfg, tokenizer)           a new model (random weights)
+    Model.from_folder(folder, cfg, tok)   the saved weights; model.save(folder, tok) writes them
+                                          in the Hugging Face layout transformers loads
+    Model.word_batches                    how it reads words in training (data/batching.py)
+    model(**batch)                        ModelOutput(logits, loss): training and validation;
+                                          batch["targets"] is aligned with the logits (-100 =
+                                          ignored)
+    model.read(ids)                       next-token logits at every position of rows that each
+                                          begin with the start token (scoring, evaluation)
+    model.backend(rows, compile)          the engine's backend: how it generates
+    model.search(prompt, compile)         the word search's backend: next-token logits for a
+                                          batch of continuations of one prompt
+    model.attention(prompt)               its attention weights while it reads a prompt
+
+`MODELS` names them by `model.arch`: the one place the architecture is looked up.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from tinylm.config import ModelConfig
 from tinylm.errors import UserError
-from tinylm.models.decoder import Decoder, KVCache, ModelOutput
+from tinylm.models.decoder import WEIGHTS, Decoder, ModelOutput
 from tinylm.models.seq2seq import Seq2Seq
 
-ARCHS = ("decoder", "seq2seq")
+MODELS = {"decoder": Decoder, "seq2seq": Seq2Seq}
 
-__all__ = [
-    "ARCHS",
-    "Decoder",
-    "KVCache",
-    "ModelOutput",
-    "Seq2Seq",
-    "build_model",
-    "param_breakdown",
-]
+__all__ = ["MODELS", "Decoder", "ModelOutput", "Seq2Seq", "build_model", "load_model"]
 
 
 def build_model(cfg: ModelConfig, tokenizer) -> nn.Module:
-    if cfg.arch == "decoder":
-        try:
-            return Decoder(cfg, tokenizer.vocab_size)
-        except ValueError as e:
-            raise UserError(f"Bad model shape: {e}.") from None
-    if cfg.arch == "seq2seq":
-        if tokenizer.kind != "char":
-            raise UserError("The seq2seq model completes words; use it with a character tokenizer.")
-        return Seq2Seq.build(
-            cfg, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
-        )
-    raise UserError(f"Unknown model.arch '{cfg.arch}'; choose one of {', '.join(ARCHS)}.")
+    return MODELS[cfg.arch].build(cfg, tokenizer)
+
+
+def load_model(folder: Path, cfg: ModelConfig, tokenizer) -> nn.Module:
+    """The model with the weights saved in `folder`, in eval mode, on the CPU."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder} has no trained weights yet (no {WEIGHTS}).")
+    try:
+        model = MODELS[cfg.arch].from_folder(folder, cfg, tokenizer)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"The weights in {folder} are unreadable ({first}).") from None
+    return model.eval()
 
 
 def param_breakdown(model: nn.Module) -> dict[str, int]:

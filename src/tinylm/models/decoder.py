@@ -1,59 +1,37 @@
-"""A decoder-only transformer: rotary positions, RMSNorm, SwiGLU, tied embeddings (by default).
+"""A decoder-only transformer: rotary positions, RMSNorm, SwiGLU, optionally tied embeddings.
 
 The module names and the math are those of Hugging Face's Llama, so the saved weights load with
-`LlamaForCausalLM` unchanged (see `hf_config`); with `qk_norm` they are Qwen3's. Everything is
-in this one file, nanoGPT style.
+`LlamaForCausalLM` unchanged (see `hf_config`); with `qk_norm` they are Qwen3's. The network is
+in this one file, nanoGPT style; how it generates and searches (its key/value cache policies)
+is in decoder_runtime.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from tinylm import atomic
 from tinylm.config import ModelConfig
+from tinylm.data.batching import PackedWordBatches
+from tinylm.errors import UserError
+from tinylm.models import decoder_runtime
+from tinylm.models.cache import CacheSlots, KVCache
+
+WEIGHTS = "model.safetensors"
 
 
 @dataclass
 class ModelOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-
-
-class KVCache:
-    """Keys and values of every layer, `rows` sequences of up to `max_len` positions each, so a
-    new token costs one step of the model instead of re-reading its sequence."""
-
-    def __init__(self, n_layers: int, rows: int, n_heads: int, max_len: int, head_dim: int, like):
-        shape = (rows, n_heads, max_len, head_dim)
-        self.k = [like.new_zeros(shape) for _ in range(n_layers)]
-        self.v = [like.new_zeros(shape) for _ in range(n_layers)]
-
-    @property
-    def rows(self) -> int:
-        return self.k[0].shape[0]
-
-    def span(self, start: int, stop: int) -> KVCache:
-        """A cache over rows start..stop-1 of this one, sharing its memory."""
-        view = KVCache.__new__(KVCache)
-        view.k = [t[start:stop] for t in self.k]
-        view.v = [t[start:stop] for t in self.v]
-        return view
-
-
-@dataclass
-class CacheSlots:
-    """Where a forward pass with a cache writes and reads: row b of the batch is row `rows[b]`
-    of the cache (None: rows 0..B-1), its tokens go to positions start[b], start[b]+1, ... and
-    each attends to its own row up to itself. `kv_len` (a host int, so the step needs no sync)
-    is how many positions of the cache the longest row reads: max(start) + T."""
-
-    start: torch.Tensor  # (B,) long
-    kv_len: int
-    rows: torch.Tensor | None = None  # (B,) long, or None for rows 0..B-1
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +148,10 @@ class DecoderBody(nn.Module):
 
 
 class Decoder(nn.Module):
+    """The model contract (models/__init__.py) for a decoder-only transformer."""
+
+    word_batches = PackedWordBatches  # words packed in rows of one shape
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
@@ -259,6 +241,62 @@ class Decoder(nn.Module):
         cfg = self.cfg
         head_dim = cfg.d_model // cfg.n_heads
         return KVCache(cfg.n_layers, rows, cfg.n_heads, cfg.context_length, head_dim, self.rope_cos)
+
+    # --- the model contract (models/__init__.py)
+    @classmethod
+    def build(cls, cfg: ModelConfig, tokenizer) -> Decoder:
+        try:
+            return cls(cfg, tokenizer.vocab_size)
+        except ValueError as e:
+            raise UserError(f"Bad model shape: {e}.") from None
+
+    def read(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at every position of rows that each begin a sequence."""
+        return self(ids).logits
+
+    def backend(self, rows: int, compile: bool = False):
+        return decoder_runtime.CachedDecoder(self, rows, compile)
+
+    def search(self, prompt: list[int], compile: bool = False):
+        if not self.cfg.causal:  # every position sees the whole word: nothing to cache
+            return decoder_runtime.Rereading(self, prompt)
+        return decoder_runtime.CacheTree(self, prompt, compile)
+
+    def attention(self, prompt: list[int]) -> list[tuple[str, list, list, torch.Tensor]]:
+        """(name, query ids, key ids, weights (layers, heads, queries, keys)) of its
+        self-attention while it reads the prompt (its last `context_length` tokens)."""
+        ids = prompt[-self.cfg.context_length :]
+        record: list = []
+        self(torch.tensor([ids], device=self.rope_cos.device), attention=record)
+        weights = torch.stack([a[0].float().cpu() for a in record])
+        return [("self-attention", ids, ids, weights)]
+
+    def save(self, folder: Path, tokenizer) -> None:
+        """config.json + model.safetensors (a tied output layer is the embedding, stored once,
+        as `tie_word_embeddings: true` tells transformers), each replaced atomically."""
+        tensors = self.hf_tensors()
+        atomic.atomic_write(
+            Path(folder) / WEIGHTS, lambda tmp: save_file(tensors, tmp, {"format": "pt"})
+        )
+        tok = tokenizer
+        config = hf_config(self.cfg, self.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id)
+        atomic.write_text(Path(folder) / "config.json", json.dumps(config, indent=2) + "\n")
+
+    def hf_tensors(self) -> dict[str, torch.Tensor]:
+        skip = "lm_head.weight" if self.cfg.tie_embeddings else None
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k != skip}
+
+    @classmethod
+    def from_folder(cls, folder: Path, cfg: ModelConfig, tokenizer) -> Decoder:
+        model = cls.build(cfg, tokenizer)
+        result = model.load_state_dict(load_file(Path(folder) / WEIGHTS), strict=False)
+        missing = set(result.missing_keys)
+        if cfg.tie_embeddings:
+            missing.discard("lm_head.weight")  # tied: the embedding, stored once
+        if missing or result.unexpected_keys:
+            bad = sorted(missing) + sorted(result.unexpected_keys)
+            raise ValueError(f"names not matching the model: {', '.join(bad[:3])}")
+        return model
 
 
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id, eos_id, pad_id) -> dict:

@@ -1,17 +1,24 @@
 """`tinylm serve`: an OpenAI-style HTTP API and a playground page over one run.
 
-protocol.py holds the request and response shapes, guard.py who may call, worker.py the
-engine's thread, app.py the routes. `serve()` runs it under uvicorn.
+requests.py parses and checks requests, responses.py shapes the answers (logprobs.py their
+log-probabilities, answers.py makes them from the engine's events), chat.py turns messages
+into a prompt, guard.py says who may call, worker.py runs the engine's thread, app.py holds the
+routes around one API model (tinylm.Model). `serve()` runs it under uvicorn.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import uvicorn
+
+from tinylm.errors import UserError
+from tinylm.serve.answers import StopFilter
 from tinylm.serve.app import create_app
 from tinylm.serve.guard import LOOPBACK
-from tinylm.serve.protocol import Limits, StopFilter
+from tinylm.serve.requests import Limits
 
 __all__ = ["Limits", "StopFilter", "create_app", "read_api_key", "serve"]
 
@@ -19,10 +26,6 @@ __all__ = ["Limits", "StopFilter", "create_app", "read_api_key", "serve"]
 def read_api_key(path: Path | None, given: str | None) -> str | None:
     """The key from a file, else TINYLM_API_KEY, else the one given on the command line (where
     `ps` shows it); None: no key required."""
-    import os
-
-    from tinylm.errors import UserError
-
     if path:
         try:
             key = Path(path).read_text().strip()
@@ -34,18 +37,38 @@ def read_api_key(path: Path | None, given: str | None) -> str | None:
     return os.environ.get("TINYLM_API_KEY") or given
 
 
-def serve(run_path: Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          api_key: str | None = None, *, device: str = "auto", name: str | None = None,
-          allow_origins: tuple[str, ...] = (), compile: bool = False) -> None:  # fmt: skip
-    import uvicorn
-
+def serve(
+    run_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    api_key: str | None = None,
+    *,
+    device: str = "auto",
+    name: str | None = None,
+    allow_origins: tuple[str, ...] = (),
+    compile: bool = False,
+) -> None:
     loopback = host.strip("[]") in LOOPBACK
-    app = create_app(run_path, limits, api_key, device=device, name=name, loopback_only=loopback,
-                     allow_origins=allow_origins, compile=compile)  # fmt: skip
+    app = create_app(
+        run_path,
+        limits,
+        api_key,
+        device=device,
+        name=name,
+        loopback_only=loopback,
+        allow_origins=allow_origins,
+        compile=compile,
+    )
     if not loopback:
-        print(f"tinylm: listening on {host}, reachable from other machines"
-              + ("" if api_key else " by anyone (no API key)") + "; there is no TLS.",
-              file=sys.stderr)  # fmt: skip
-    print(f"tinylm: serving {app.state.server.name} on http://{host}:{port}/ (Ctrl-C stops)",
-          file=sys.stderr)  # fmt: skip
+        print(
+            f"tinylm: listening on {host}, reachable from other machines"
+            + ("" if api_key else " by anyone (no API key)")
+            + "; there is no TLS.",
+            file=sys.stderr,
+        )
+    print(
+        f"tinylm: serving {app.state.server.name} on http://{host}:{port}/ (Ctrl-C stops)",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -1,9 +1,9 @@
 """From the engine's events to one request's answer, whole or streamed.
 
-Each job's tokens go through the task's reader (ids to text) and the stop strings; with
+Each job's tokens go through the task's detokenizer (ids to text) and the stop strings; with
 log-probabilities asked for, each token becomes an Entry (the stop token that ended a job
-too: a scoring client counts on it). A shape (protocol.CompletionShape or chat.ChatShape)
-turns the results into OpenAI's bodies and chunks; this module knows neither.
+too: a scoring client counts on it). A shape (responses.CompletionShape or ChatShape) turns
+the results into OpenAI's bodies and chunks; this module knows neither.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from tinylm.serve.protocol import StopFilter, sse
-from tinylm.serve.scoring import Entry, start
+from tinylm.serve.logprobs import Entry
+from tinylm.serve.responses import sse
 
 
 @dataclass
@@ -27,12 +27,10 @@ class Result:
 
 class Answers:
     def __init__(self, task, jobs, stops: list[str], *, logprobs: bool, lstrip: bool = False):
-        self.readers = [task.reader() for _ in jobs]
+        self.readers = [task.detokenizer() for _ in jobs]
         self.filters = [StopFilter(stops) for _ in jobs]
-        self.offsets = [0] * len(jobs)  # characters each reader has given
         self.leading = [lstrip] * len(jobs)  # still dropping the reply's leading whitespace
         self.jobs, self.logprobs, self.tokens = jobs, logprobs, 0
-        self.tokenizer = task.tokenizer
 
     def take(self, index: int, step) -> Result:
         """What one event adds to job `index`'s answer."""
@@ -40,18 +38,16 @@ class Answers:
         if step.token is None:
             entries = []
             if self.logprobs and step.stop_token is not None:
-                entries.append(Entry(step.stop_token, step.logprob, step.top or [],
-                                     self.offsets[index]))  # fmt: skip
+                end = self.readers[index].length
+                entries.append(Entry(step.stop_token, step.logprob, step.top or [], end))
             extra = {"error": step.error} if step.error else {}
             return Result(self._lead(index, stop.flush()), step.finish, extra, entries)
         self.tokens += 1
         piece = self.readers[index].add(step.token)
         entries = []
         if self.logprobs:
-            at = start(self.tokenizer, self.offsets[index], piece)
-            entries.append(Entry(step.token, step.logprob, step.top or [], at))
-        self.offsets[index] += len(piece)
-        text = self._lead(index, stop.push(piece))
+            entries.append(Entry(step.token, step.logprob, step.top or [], piece.offset))
+        text = self._lead(index, stop.push(piece.text))
         if stop.stopped:
             self.jobs[index].cancelled.set()  # a stop string: the engine can let it go
             return Result(text, "stop", {}, entries)
@@ -95,8 +91,16 @@ class Answers:
                 if result.finish is not None:
                     done.add(index)
                 if result.extra.get("error"):
-                    yield sse({"error": {"message": result.extra["error"], "type": "server_error",
-                                         "param": None, "code": None}})  # fmt: skip
+                    yield sse(
+                        {
+                            "error": {
+                                "message": result.extra["error"],
+                                "type": "server_error",
+                                "param": None,
+                                "code": None,
+                            }
+                        }
+                    )
                 if result.text or result.finish is not None or result.entries:
                     yield sse(shape.chunk(index, result))
             if usage is not None:
@@ -105,3 +109,32 @@ class Answers:
         finally:  # the client went away (or all is done): free the rows now
             for job in self.jobs:
                 job.cancelled.set()
+
+
+class StopFilter:
+    """Cut the text at the first stop string, holding back what might be the start of one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.pending, self.stopped = stops, "", False
+
+    def push(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.pending += piece
+        cuts = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            out, self.pending, self.stopped = self.pending[: min(cuts)], "", True
+            return out
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if s.startswith(self.pending[-k:]):
+                    keep = max(keep, k)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

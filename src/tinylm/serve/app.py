@@ -7,12 +7,13 @@
     POST /v1/completions      OpenAI's completions (echo, logprobs, token-id prompts too)
     POST /v1/chat/completions OpenAI's chat completions over a transcript (chat.py)
 
-The request shapes live in protocol.py and chat.py, the checks on who may call in guard.py,
-the log-probabilities in scoring.py, the making of answers from events in answers.py;
-generation runs in one worker thread (worker.py) over the one engine every command uses, and
-prompt scoring (echo) in a thread of its own through inference/scoring.py, the path `tinylm
-eval` takes. Built on Starlette + uvicorn (bench/frameworks.py has the measurement behind
-that choice).
+The server holds one API model (tinylm.Model) and asks its task what a request may do.
+Requests are parsed in requests.py, answers shaped in responses.py (log-probabilities in
+logprobs.py) and made from the engine's events in answers.py, who may call is checked in
+guard.py; generation runs in one worker thread (worker.py) over the one engine every command
+uses, and prompt scoring (echo) in a thread of its own through inference/logprobs.py, the
+path `tinylm eval` takes. Built on Starlette + uvicorn (bench/frameworks.py has the
+measurement behind that choice).
 """
 
 from __future__ import annotations
@@ -30,50 +31,59 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tinylm.api import load
 from tinylm.errors import UserError
-from tinylm.inference import Engine, Sampling, Step, load
+from tinylm.inference import Engine, Sampling, Step
 from tinylm.models import param_breakdown
-from tinylm.serve import protocol as api
+from tinylm.serve import requests as api
+from tinylm.serve import responses
 from tinylm.serve.answers import Answers
-from tinylm.serve.chat import Chat, ChatShape, parse_chat
+from tinylm.serve.chat import Chat
 from tinylm.serve.guard import Guard, check_key
-from tinylm.serve.scoring import Names, Pieces, echo_prompts
+from tinylm.serve.logprobs import Names, echo_prompts
 from tinylm.serve.worker import QueueFull, Worker
 
 
 class Server:
     """The loaded run, its worker, and the request handlers."""
 
-    def __init__(self, run_path: Path, limits: api.Limits, api_key=None, device="auto", name=None,
-                 compile=False):  # fmt: skip
-        self.loaded = load(run_path, device, compile)
-        self.task, self.limits, self.api_key = self.loaded.task, limits, api_key
-        self.name = name or self.loaded.run.path.resolve().name
-        self.parameters = param_breakdown(self.loaded.model)["total"]
+    def __init__(
+        self,
+        run_path: Path,
+        limits: api.Limits,
+        api_key=None,
+        device="auto",
+        name=None,
+        compile=False,
+    ):
+        self.model = load(run_path, device, compile)
+        self.task, self.limits, self.api_key = self.model.task, limits, api_key
+        self.name = name or self.model.run.path.resolve().name
+        self.parameters = param_breakdown(self.model.net)["total"]
         self.created = int(time.time())
-        engine = Engine(self.loaded.model, limits.max_active, self.loaded.compile)
-        if self.loaded.compile:
-            warm_up(self.loaded, engine)
+        engine = Engine(self.model.net, limits.max_active, self.model.compiled)
+        if self.model.compiled:
+            warm_up(self.model, engine)
         self.worker = Worker(engine, limits.max_queue)
         self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
         self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
-        self.text = not self.task.words  # a text generator (echo, logprobs and chat are its)
-        self.names = Names(self.loaded.tokenizer)
-        self.chat = Chat(self.loaded.run.path, self.task) if self.text else None
+        self.names = Names(self.model.tokenizer)
+        self.chat = Chat(self.model.run.path, self.task)
 
     async def completions(self, request: Request) -> Response:
         try:
             check_key(request, self.api_key)
             body = api.parse_json(await read_body(request, self.limits.max_body))
             req = api.parse_completion(body, self.name, self.limits)
-            if not self.text and (req.echo or req.logprobs is not None):
-                raise api.ApiError(400, f"'{'echo' if req.echo else 'logprobs'}' is served for text models; this run is a {self.task.kind}.",
-                                   "echo" if req.echo else "logprobs")  # fmt: skip
+            if req.echo:
+                asked(self.task.text_only, "'echo' is served", "echo")
+            if req.logprobs is not None:
+                asked(self.task.text_only, "'logprobs' is served", "logprobs")
             prompts = [read_prompt(self.task, p) for p in req.prompts]
-            if self.task.words and req.sampling.greedy:
+            if self.task.searches(req.sampling):
                 return await self.suggest(req, prompts)
-            echoes = await echo_prompts(self.loaded, prompts, req, self.scoring)
-            shape = api.CompletionShape(self.name, req, self.names, echoes)
+            echoes = await echo_prompts(self.model, prompts, req, self.scoring)
+            shape = responses.CompletionShape(self.name, req, self.names, echoes)
             return await self.generate(request, req, prompts, shape)
         except api.ApiError as e:
             return e.response()
@@ -82,13 +92,13 @@ class Server:
         try:
             check_key(request, self.api_key)
             body = api.parse_json(await read_body(request, self.limits.max_body))
-            req = parse_chat(body, self.name, self.limits)
-            if not self.text:
-                raise api.ApiError(400, f"Chat is served for text models; this run is a {self.task.kind} (send a prefix to /v1/completions).", "messages")  # fmt: skip
+            req = api.parse_chat(body, self.name, self.limits)
+            asked(self.task.text_only, "Chat is served", "messages")
             prompt = self.chat.prompt(req.messages)
             req.stop = [*req.stop, *self.chat.stops]
-            shape = ChatShape(self.name, req, self.names, Pieces(self.loaded.tokenizer),
-                              self.task.stop_ids)  # fmt: skip
+            shape = responses.ChatShape(
+                self.name, req, self.names, self.model.tokenizer, self.task.stop_ids
+            )
             return await self.generate(request, req, [prompt], shape)
         except api.ApiError as e:
             return e.response()
@@ -102,8 +112,9 @@ class Server:
         for prompt in prompts:
             for _ in range(req.n):
                 seed = None if req.seed is None else req.seed + len(jobs)
-                job = self.loaded.job(prompt, req.sampling, max_tokens=limit, seed=seed,
-                                      logprobs=req.logprobs)  # fmt: skip
+                job = self.model.job(
+                    prompt, req.sampling, max_tokens=limit, seed=seed, logprobs=req.logprobs
+                )
                 job.emit = tell(loop, events, len(jobs))
                 jobs.append(job)
         if limit == 0:  # echo only: nothing for the engine to do
@@ -114,37 +125,39 @@ class Server:
                 self.worker.submit(jobs)
             except QueueFull:
                 raise api.busy() from None
-        answers = Answers(self.task, jobs, req.stop, logprobs=req.logprobs is not None,
-                          lstrip=shape.lstrip)  # fmt: skip
+        answers = Answers(
+            self.task, jobs, req.stop, logprobs=req.logprobs is not None, lstrip=shape.lstrip
+        )
         prompt_tokens = sum(p.tokens for p in prompts) * req.n
         if req.stream:
-            usage = (lambda: api.usage(prompt_tokens, answers.tokens)) if req.include_usage else None  # fmt: skip
+            usage = (
+                (lambda: responses.usage(prompt_tokens, answers.tokens))
+                if req.include_usage
+                else None
+            )
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(answers.stream(events, shape, usage), headers=headers,
-                                     media_type="text/event-stream")  # fmt: skip
+            return StreamingResponse(
+                answers.stream(events, shape, usage),
+                headers=headers,
+                media_type="text/event-stream",
+            )
         watcher = asyncio.create_task(cancel_on_disconnect(request, jobs))
         try:
             results = await answers.collect(events)
         finally:
             watcher.cancel()
-        return JSONResponse(shape.body(results, api.usage(prompt_tokens, answers.tokens)))
+        return JSONResponse(shape.body(results, responses.usage(prompt_tokens, answers.tokens)))
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
         async with self.searching:
-            found = [await asyncio.to_thread(self.loaded.likeliest, p.text, req.n)
-                     for p in prompts]  # fmt: skip
-        choices, letters = [], 0
-        for p_index, result in enumerate(found):
-            for k, s in enumerate(result.words):
-                letters += len(s.letters)
-                choices.append(api.choice(p_index * req.n + k, s.word[len(result.prefix) :],
-                                          "stop", probability=s.probability))  # fmt: skip
-        meta = api.completion_meta(self.name)
+            found = await asyncio.to_thread(self.model.complete, [p.text for p in prompts], req.n)
+        body = responses.word_lists(found, req.n, self.name, sum(p.tokens for p in prompts))
         if not req.stream:
-            usage = api.usage(sum(p.tokens for p in prompts), letters)
-            return JSONResponse({**meta, "choices": choices, "usage": usage})
-        chunks = [api.sse({**meta, "choices": [c]}) for c in choices] + [api.sse("[DONE]")]
+            return JSONResponse(body)
+        meta = {k: v for k, v in body.items() if k not in ("choices", "usage")}
+        chunks = [responses.sse({**meta, "choices": [c]}) for c in body["choices"]]
+        chunks.append(responses.sse("[DONE]"))
         return StreamingResponse(iter(chunks), media_type="text/event-stream")
 
     async def models(self, request: Request) -> Response:
@@ -154,7 +167,7 @@ class Server:
             return e.response()
         return JSONResponse({"object": "list", "data": [self.model_card()]})
 
-    async def model(self, request: Request) -> Response:
+    async def model_by_id(self, request: Request) -> Response:
         try:
             check_key(request, self.api_key)
             api.check_model({"model": request.path_params["model"]}, self.name)
@@ -163,17 +176,15 @@ class Server:
         return JSONResponse(self.model_card())
 
     def model_card(self) -> dict:
-        return {
-            "id": self.name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "tinylm",
-            "parameters": self.parameters,
-            "kind": self.task.kind,
-            "context_length": self.loaded.cfg.model.context_length,
-            "max_model_len": self.loaded.cfg.model.context_length,  # vLLM's name for it
-            "max_tokens_limit": self.limits.max_tokens,
-        }
+        context = self.model.cfg.model.context_length
+        return responses.model_card(
+            self.name,
+            self.created,
+            self.parameters,
+            self.task.name,
+            context,
+            self.limits.max_tokens,
+        )
 
     async def health(self, request: Request) -> Response:
         if not self.worker.alive:
@@ -187,14 +198,16 @@ class Server:
 
 def read_prompt(task, given):
     """A prompt as text (the task adds the start token) or as token ids (read as given)."""
+    read = task.prompt if isinstance(given, str) else task.prompt_ids
+    return asked(read, given, "prompt")
+
+
+def asked(call, argument, param: str):
+    """call(argument), a UserError answered as a 400 naming `param`."""
     try:
-        if isinstance(given, str):
-            return task.prompt(given)
-        if task.words:
-            raise UserError(f"Token-id prompts are served for text models; this run is a {task.kind}.")  # fmt: skip
-        return task.prompt_ids(given)
+        return call(argument)
     except UserError as e:
-        raise api.ApiError(400, str(e), "prompt") from None
+        raise api.ApiError(400, str(e), param) from None
 
 
 def tell(loop, events: asyncio.Queue, index: int):
@@ -213,7 +226,9 @@ async def cancel_on_disconnect(request: Request, jobs) -> None:
 async def read_body(request: Request, limit: int) -> bytes:
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
-        raise api.ApiError(415, f"Send the request as application/json, not {ctype or 'no content type'}.")  # fmt: skip
+        raise api.ApiError(
+            415, f"Send the request as application/json, not {ctype or 'no content type'}."
+        )
     declared = request.headers.get("content-length")
     too_big = api.ApiError(413, f"The request body is larger than {limit} bytes.")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -226,29 +241,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(data)
 
 
-def warm_up(loaded, engine: Engine) -> None:
+def warm_up(model, engine: Engine) -> None:
     """Compile before the first request instead of during it: a two-token generation through
     the engine (its decode step has one shape, so it compiles once), and for a word completer
     searches from prefixes of two lengths (the search compiles for shapes that vary)."""
     print("tinylm: compiling before serving (about 10-30 s)...", file=sys.stderr)
     with torch.no_grad():  # as the worker thread runs: a graph compiled with grads would not do
-        for _ in engine.generate([loaded.job("", Sampling(0.0), max_tokens=2)]):
+        for _ in engine.generate([model.job("", Sampling(0.0), max_tokens=2)]):
             pass
-        if loaded.task.words:
-            for prefix in ["", loaded.tokenizer.characters[0]]:
-                loaded.likeliest(prefix, 5)
+        model.task.warm_up(model)
 
 
-def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | None = None,
-               *, device: str = "auto", name: str | None = None, loopback_only: bool = True,
-               allow_origins: tuple[str, ...] = (), compile: bool = False) -> Starlette:  # fmt: skip
+def create_app(
+    run_path: Path,
+    limits: api.Limits | None = None,
+    api_key: str | None = None,
+    *,
+    device: str = "auto",
+    name: str | None = None,
+    loopback_only: bool = True,
+    allow_origins: tuple[str, ...] = (),
+    compile: bool = False,
+) -> Starlette:
     server = Server(run_path, limits or api.Limits(), api_key, device, name, compile)
 
     async def not_found(request, exc):
         return api.ApiError(404, f"No route {request.method} {request.url.path}.").response()
 
     async def method_not_allowed(request, exc):
-        return api.ApiError(405, f"{request.method} is not allowed on {request.url.path}.").response()  # fmt: skip
+        return api.ApiError(
+            405, f"{request.method} is not allowed on {request.url.path}."
+        ).response()
 
     async def server_error(request, exc):
         return api.ApiError(500, "Internal error; the server log has the details.").response()
@@ -263,7 +286,7 @@ def create_app(run_path: Path, limits: api.Limits | None = None, api_key: str | 
             Route("/", server.playground, methods=["GET"]),
             Route("/health", server.health, methods=["GET"]),
             Route("/v1/models", server.models, methods=["GET"]),
-            Route("/v1/models/{model:path}", server.model, methods=["GET"]),
+            Route("/v1/models/{model:path}", server.model_by_id, methods=["GET"]),
             Route("/v1/completions", server.completions, methods=["POST"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],

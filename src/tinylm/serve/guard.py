@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from tinylm.serve.protocol import ApiError
+from tinylm.serve.requests import ApiError
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
@@ -39,17 +39,30 @@ class Guard:
             }
             why = self.refusal(headers.get("host", ""), headers.get("origin"))
             if why:
-                body = json.dumps({"error": {"message": why, "type": "permission_error",
-                                             "param": None, "code": None}}).encode()  # fmt: skip
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                body = json.dumps(
+                    {
+                        "error": {
+                            "message": why,
+                            "type": "permission_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
 
     def refusal(self, host: str, origin: str | None) -> str | None:
         if self.loopback_only and host_name(host) not in LOOPBACK:
-            return f"This server answers on loopback only; Host '{host}' is not one of localhost, 127.0.0.1, [::1]."  # fmt: skip
+            return f"This server answers on loopback only; Host '{host}' is not one of localhost, 127.0.0.1, [::1]."
         if origin is None or "*" in self.allow_origins:
             return None
         o = origin.rstrip("/").lower()
@@ -58,7 +71,7 @@ class Guard:
             return None
         if parts.netloc == host.lower():  # the playground, served by this server
             return None
-        return f"Requests from the web page at {origin} are not allowed; start the server with --allow-origin {origin} to allow them."  # fmt: skip
+        return f"Requests from the web page at {origin} are not allowed; start the server with --allow-origin {origin} to allow them."
 
 
 def check_key(request: Request, api_key: str | None) -> None:
@@ -66,5 +79,8 @@ def check_key(request: Request, api_key: str | None) -> None:
         return
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-        raise ApiError(401, "A valid API key is required (Authorization: Bearer KEY).",
-                       kind="authentication_error")  # fmt: skip
+        raise ApiError(
+            401,
+            "A valid API key is required (Authorization: Bearer KEY).",
+            kind="authentication_error",
+        )

@@ -1,20 +1,21 @@
-"""How the engine runs each kind of model over a batch of sequences.
+"""How a decoder generates and searches: the engine's backend (one key/value cache row per
+job, and the window policy) and the word search's tree of cached continuations.
 
-Both backends take jobs (see engine.py), whose `history` holds the decoder's tokens so far,
-and return the next-token logits of each job as one CPU fp32 tensor (jobs, vocabulary):
-`start` for jobs just admitted (their prompts), `advance` after the engine appended one new
-token to each job's history. Both work on whole batches; a job's row, window and encoder
-states are kept on the job.
+Every backend of the engine takes jobs (inference/engine.py), whose `history` holds the
+decoder's tokens so far, and returns the next-token logits of each job as one CPU fp32 tensor
+(jobs, vocabulary): `start` for jobs just admitted (their prompts), `advance` after the engine
+appended one new token to each job's history. A search backend (`CacheTree`, `Rereading`)
+returns the next-token logits after prompt + continuation for a batch of continuations.
 """
 
 from __future__ import annotations
 
 import heapq
+import weakref
 
 import torch
 
-from tinylm.models import Decoder, Seq2Seq
-from tinylm.models.decoder import CacheSlots
+from tinylm.models.cache import CacheSlots
 
 
 class CachedDecoder:
@@ -37,7 +38,7 @@ class CachedDecoder:
     before anything reads it, because every row writes position p before it reads it.
     """
 
-    def __init__(self, model: Decoder, rows: int, compile: bool = False):
+    def __init__(self, model, rows: int, compile: bool = False):
         self.model, self.context = model, model.cfg.context_length
         self.cache = model.new_cache(rows)
         self.compiled = compile
@@ -114,82 +115,81 @@ class CachedDecoder:
         return logits[rows].float().cpu()
 
 
-def decode_step(model: Decoder, x, cache, start: torch.Tensor, kv_len: int) -> torch.Tensor:
+def decode_step(model, x, cache, start: torch.Tensor, kv_len: int) -> torch.Tensor:
     """One decode step: each row reads its one token at its own position in `start`."""
     return model(x, cache=cache, slots=CacheSlots(start, kv_len)).logits[:, -1]
 
 
-class EncoderDecoder:
-    """The notebook's encoder-decoder. Each job's encoder states are computed once, when it
-    starts (jobs that start together in one batch); every step then runs the decoder over
-    each job's whole decoder history (at most a word's length, 16 tokens, where managing a
-    key/value cache per row costs more than it saves), all jobs in one padded batch."""
+class Rereading:
+    """The search for a decoder without a causal mask: every position sees the whole word, so
+    each continuation is read again from its start."""
 
-    def __init__(self, model: Seq2Seq, rows: int):
-        self.model, self.rows, self.jobs = model, rows, set()
-        self.device = next(model.parameters()).device
+    def __init__(self, model, prompt: list[int]):
+        self.model, self.prompt = model, prompt
+        self.device = model.rope_cos.device
 
-    def room(self) -> int:
-        return self.rows - len(self.jobs)
-
-    def start(self, jobs) -> torch.Tensor:
-        inputs = [job.encoder for job in jobs]
-        x, mask = _pad(inputs, self.model.hf.config.pad_token_id, self.device)
-        states = self.model.hf.get_encoder()(input_ids=x, attention_mask=mask).last_hidden_state
-        for i, job in enumerate(jobs):
-            job.encoder_states = states[i, : len(inputs[i])]
-            self.jobs.add(id(job))
-        return self.advance(jobs)
-
-    def release(self, job) -> None:
-        self.jobs.discard(id(job))
-
-    def advance(self, jobs) -> torch.Tensor:
-        return next_logits_seq2seq(self.model, [j.encoder_states for j in jobs],
-                                   [j.history for j in jobs])  # fmt: skip
+    def __call__(self, nodes):
+        rows = [
+            self.model.read(torch.tensor([self.prompt + list(ids)], device=self.device))
+            for ids, _ in nodes
+        ]
+        return torch.cat([r[:, -1] for r in rows]).float().cpu(), [-1] * len(nodes)
 
 
-def next_logits_seq2seq(model: Seq2Seq, states: list, histories: list[list[int]]):
-    """Next-token logits (CPU fp32) after each decoder history, given its encoder states."""
-    from transformers.modeling_outputs import BaseModelOutput
+class CacheTree:
+    """A decoder's keys and values for the whole search tree, one cache row per expanded
+    continuation: the root (the empty continuation) reads the prompt into row 0, and every
+    other continuation copies its parent's row and reads its one new letter on it, instead of
+    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms).
 
-    device = states[0].device
-    pad = model.hf.config.pad_token_id
-    enc_mask = torch.zeros((len(states), max(len(s) for s in states)), dtype=torch.long)
-    enc = states[0].new_zeros((len(states), enc_mask.shape[1], states[0].shape[-1]))
-    for i, s in enumerate(states):
-        enc[i, : len(s)] = s
-        enc_mask[i, : len(s)] = 1
-    dec, dec_mask = _pad(histories, pad, device)
-    logits = model.hf(
-        encoder_outputs=BaseModelOutput(last_hidden_state=enc),
-        attention_mask=enc_mask.to(device),
-        decoder_input_ids=dec,
-        decoder_attention_mask=dec_mask,
-    ).logits
-    last = torch.tensor([len(h) - 1 for h in histories], device=device)
-    return logits[torch.arange(len(histories), device=device), last].float().cpu()
+    `compile`: the forward pass runs compiled with dynamic shapes (a wave's size and the
+    cache's length vary), so its ~100 small operations become a few fused kernels: a search
+    takes about two thirds of the time once compiled. A wave padded to one fixed shape was
+    slower: its padding rows and the copies into the tree cost more than they saved
+    (bench/README.md)."""
+
+    def __init__(self, model, prompt: list[int], compile: bool = False):
+        self.model, self.prompt = model, prompt
+        self.forward = compiled_dynamic(model) if compile else model
+        self.device = model.rope_cos.device
+        self.cache, self.used = model.new_cache(1), 0
+
+    def __call__(self, nodes: list[tuple[tuple[int, ...], int]]):
+        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row), and
+        the row each node now owns (its children's parent row)."""
+        first = self.used
+        self._reserve(len(nodes))
+        rows = self.cache.span(first, self.used)  # the nodes' own rows, in one block
+        if first == 0:  # the root, alone in the first batch
+            x, start = torch.tensor([self.prompt]), torch.zeros(1, dtype=torch.long)
+        else:
+            parents = torch.tensor([parent for _, parent in nodes], device=self.device)
+            for mine, all_ in zip(rows.k + rows.v, self.cache.k + self.cache.v, strict=True):
+                mine[:] = all_[parents]  # each node starts from its parent's row
+            x = torch.tensor([[ids[-1]] for ids, _ in nodes])
+            start = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes])
+        slots = CacheSlots(start.to(self.device), int(start.max()) + x.shape[1])
+        logits = self.forward(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
+        return logits.float().cpu(), list(range(first, self.used))
+
+    def _reserve(self, n: int) -> None:
+        """Room for n rows more, doubling when full. New rows are left uninitialized (zeroing
+        them costs more than the search): a row is overwritten by its parent's before anything
+        reads it, so every value read descends from row 0, which starts zeroed."""
+        self.used += n
+        if self.used > self.cache.rows:
+            for tensors in (self.cache.k, self.cache.v):
+                for i, old in enumerate(tensors):
+                    tensors[i] = old.new_empty((2 * self.used, *old.shape[1:]))
+                    tensors[i][: self.used - n] = old[: self.used - n]
 
 
-def next_logits_decoder(model: Decoder, histories: list[list[int]]) -> torch.Tensor:
-    """Next-token logits (CPU fp32) after each history, by one plain forward (no cache)."""
-    device = model.rope_cos.device
-    x, _ = _pad(histories, 0, device)
-    logits = model(x).logits
-    last = torch.tensor([len(h) - 1 for h in histories], device=device)
-    return logits[torch.arange(len(histories), device=device), last].float().cpu()
+_compiled = weakref.WeakKeyDictionary()
 
 
-def _pad(rows: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their attention mask."""
-    width = max(map(len, rows))
-    x = torch.tensor([r + [value] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return x.to(device), mask.to(device)
-
-
-def backend_for(model, rows: int, compile: bool = False):
-    """The backend for this kind of model; `compile` (decoder-only runs) compiles the decode step."""
-    if isinstance(model, Seq2Seq):
-        return EncoderDecoder(model, rows)
-    return CachedDecoder(model, rows, compile)
+def compiled_dynamic(model):
+    """The model compiled once a process for shapes that vary (torch.compile caches the
+    kernels; this keeps the one wrapper per model)."""
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model, dynamic=True)
+    return _compiled[model]

@@ -7,26 +7,39 @@ import math
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from tinylm import distributed as dist
 from tinylm.config import TrainConfig
-from tinylm.runs import Run
+from tinylm.runs import RunDir
 
-if TYPE_CHECKING:
-    from tinylm.train import TrainState
+
+@dataclass
+class Window:
+    """What the log has counted since its last line (kept in a checkpoint, so that a resumed
+    run writes the lines an uninterrupted one would)."""
+
+    window_loss: float = 0.0
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_time: float = 0.0
 
 
 class Progress:
-    """The metrics log and the progress bar. The training loss stays on the device between
-    log lines, so a GPU never waits for the host except on logging and validation steps."""
+    """The metrics log and the progress bar, with its own counters (`Window`); it reads the
+    loop's state (step, elapsed time, tokens, best validation loss) and writes none of it. The
+    training loss stays on the device between log lines, so a GPU never waits for the host
+    except on logging and validation steps."""
 
-    def __init__(self, run: Run, cfg: TrainConfig, state: TrainState, unit, device, env, show):
+    def __init__(
+        self, run: RunDir, cfg: TrainConfig, state, window: Window, unit, device, env, show
+    ):
         self.run, self.cfg, self.state, self.unit, self.env = run, cfg, state, unit, env
-        self.loss_sum = torch.tensor(state.window_loss, device=device)
+        self.window = window
+        self.loss_sum = torch.tensor(window.window_loss, device=device)
         self.val = state.best_val if state.best_val < math.inf else None
         total = cfg.time if cfg.time else cfg.max_steps
         self.bar = tqdm(
@@ -41,33 +54,37 @@ class Progress:
 
     def step(self, loss: torch.Tensor, dt: float, targets: int, lr: float) -> bool:
         """Count a step; on a logging step write its line. False: the loss is not finite."""
-        s = self.state
+        s, w = self.state, self.window
         self.loss_sum += loss
-        s.window_steps += 1
-        s.window_tokens += targets
-        s.window_time += dt
+        w.window_steps += 1
+        w.window_tokens += targets
+        w.window_time += dt
         self.bar.update(min(dt, self.bar.total - self.bar.n) if self.cfg.time else 1)
         if s.step % self.cfg.log_every:
             return True
-        mean_loss = dist.average(float(self.loss_sum) / s.window_steps, self.env)
-        rate = s.window_tokens / s.window_time if s.window_time else 0.0
-        self.write({"step": s.step, "time": round(s.elapsed, 3), "tokens": s.tokens,
-                    "loss": mean_loss, "lr": lr, f"{self.unit}_per_s": round(rate)})  # fmt: skip
+        mean_loss = dist.average(float(self.loss_sum) / w.window_steps, self.env)
+        rate = w.window_tokens / w.window_time if w.window_time else 0.0
+        record = {"step": s.step, "time": round(s.elapsed, 3), "tokens": s.tokens}
+        self.write({**record, "loss": mean_loss, "lr": lr, f"{self.unit}_per_s": round(rate)})
         postfix = f"loss {mean_loss:.3f}" + (
             f", val {self.val:.3f}" if self.val is not None else ""
         )
         self.bar.set_postfix_str(f"{postfix}, {rate:,.0f} {self.unit}/s", refresh=False)
         self.loss_sum.zero_()
-        s.window_loss, s.window_steps, s.window_tokens, s.window_time = 0.0, 0, 0, 0.0
+        self.window = Window()
         return math.isfinite(mean_loss)
 
     def validation(self, val: float) -> None:
         self.val = val
         s = self.state
-        self.write({"step": s.step, "time": round(s.elapsed, 3), "tokens": s.tokens, "val_loss": val})  # fmt: skip
+        self.write(
+            {"step": s.step, "time": round(s.elapsed, 3), "tokens": s.tokens, "val_loss": val}
+        )
 
-    def flush_window(self) -> None:
-        self.state.window_loss = float(self.loss_sum)
+    def counters(self) -> dict:
+        """The window's counters for a checkpoint (the loss read from the device)."""
+        self.window.window_loss = float(self.loss_sum)
+        return asdict(self.window)
 
     def write(self, record: dict) -> None:
         if self.env.is_main:

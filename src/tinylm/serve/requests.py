@@ -1,21 +1,16 @@
-"""The HTTP protocol of `tinylm serve`, in OpenAI's shapes: requests checked field by field,
-errors as `{"error": {"message", "type", "param", "code"}}`, and the response bodies.
-
-Nothing here knows about models or threads; app.py wires these shapes to the engine.
+"""The requests `tinylm serve` takes, in OpenAI's shapes, checked field by field: a mistake
+is an ApiError, answered as `{"error": {"message", "type", "param", "code"}}` with the field
+named. The responses are shaped in responses.py; nothing here knows about models or threads.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 
-from tinylm.inference import Sampling, SamplingError
-from tinylm.inference.sampling import make_generator
-from tinylm.serve.scoring import completion_logprobs
+from tinylm.inference import Sampling, SamplingError, make_generator
 
 
 class ApiError(Exception):
@@ -70,8 +65,21 @@ class CompletionRequest(Request):
     echo: bool = False  # the prompt comes back first (with its log-probabilities)
 
 
-KNOWN_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "n",
-                "seed", "stream", "stream_options", "echo", "logprobs"}  # fmt: skip
+KNOWN_FIELDS = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "n",
+    "seed",
+    "stream",
+    "stream_options",
+    "echo",
+    "logprobs",
+}
 IGNORED_FIELDS = {  # accepted for compatibility when they ask for nothing we would change
     "user": None,
     "suffix": (None, ""),
@@ -92,8 +100,9 @@ def parse_completion(body, model_name: str, limits: Limits) -> CompletionRequest
     echo = flag(body, "echo")
     common = parse_common(body, limits, len(prompts), body.get("max_tokens"))
     if common["max_tokens"] == 0 and not echo:
-        raise ApiError(400, "'max_tokens' may be 0 only with 'echo': true (to score the prompt).",
-                       "max_tokens")  # fmt: skip
+        raise ApiError(
+            400, "'max_tokens' may be 0 only with 'echo': true (to score the prompt).", "max_tokens"
+        )
     logprobs = integer(body, "logprobs", None, 0, MAX_LOGPROBS)
     return CompletionRequest(prompts=prompts, echo=echo, logprobs=logprobs, **common)
 
@@ -126,8 +135,9 @@ def parse_stream_options(options) -> bool:
     if options is None:
         return False
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise ApiError(400, "'stream_options' may only hold 'include_usage' (true or false).",
-                       "stream_options")  # fmt: skip
+        raise ApiError(
+            400, "'stream_options' may only hold 'include_usage' (true or false).", "stream_options"
+        )
     return flag(options, "include_usage")
 
 
@@ -144,35 +154,55 @@ def check_fields(body: dict, known: set, ignored: dict) -> None:
 def check_model(body: dict, model_name: str) -> None:
     model = body.get("model")
     if model is not None and model != model_name:
-        raise ApiError(404, f"The model '{model}' does not exist; this server has '{model_name}'.",
-                       "model", "not_found_error")  # fmt: skip
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist; this server has '{model_name}'.",
+            "model",
+            "not_found_error",
+        )
 
 
 def parse_prompts(prompt, limits: Limits) -> list[str | list[int]]:
     """A string, a list of token ids, or a list of either: one or more prompts."""
     if isinstance(prompt, str) or token_ids(prompt):
         prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or token_ids(p) for p in prompt):  # fmt: skip
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(p, str) or token_ids(p) for p in prompt)
+    ):
         prompts = prompt
     else:
-        raise ApiError(400, "'prompt' must be a string, a non-empty list of token ids, or a non-empty list of strings and token-id lists.", "prompt")  # fmt: skip
+        raise ApiError(
+            400,
+            "'prompt' must be a string, a non-empty list of token ids, or a non-empty list of strings and token-id lists.",
+            "prompt",
+        )
     if len(prompts) > limits.max_n:
         raise ApiError(400, f"At most {limits.max_n} prompts per request.", "prompt")
     return prompts
 
 
 def token_ids(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in value))  # fmt: skip
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    )
 
 
 def parse_stop(stop) -> list[str]:
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):  # fmt: skip
-        raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 of them.",
-                       "stop")  # fmt: skip
+    if (
+        not isinstance(stops, list)
+        or len(stops) > 4
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise ApiError(
+            400, "'stop' must be a non-empty string or a list of up to 4 of them.", "stop"
+        )
     return stops
 
 
@@ -226,111 +256,92 @@ def parse_json(data: bytes):
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ApiError(400, f"The request body is not valid JSON ({e}).") from None
     except UnicodeEncodeError:
-        raise ApiError(400, "The request has text that is not valid Unicode (a lone surrogate).") from None  # fmt: skip
+        raise ApiError(
+            400, "The request has text that is not valid Unicode (a lone surrogate)."
+        ) from None
     return body
 
 
-class StopFilter:
-    """Cut the text at the first stop string, holding back what might be the start of one."""
+# --- chat completions -------------------------------------------------------------------
 
-    def __init__(self, stops: list[str]):
-        self.stops, self.pending, self.stopped = stops, "", False
+ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 
-    def push(self, piece: str) -> str:
-        if not self.stops:
-            return piece
-        self.pending += piece
-        cuts = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if cuts:
-            out, self.pending, self.stopped = self.pending[: min(cuts)], "", True
-            return out
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if s.startswith(self.pending[-k:]):
-                    keep = max(keep, k)
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-def completion_meta(model_name: str) -> dict:
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model_name,
-    }
+CHAT_FIELDS = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "n",
+    "seed",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+}
+CHAT_IGNORED = {
+    "user": None,
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": None,
+    "store": (None, False),
+    "metadata": None,
+}
 
 
-def choice(index: int, text: str, finish: str | None, logprobs=None, **extra) -> dict:
-    """One choice; extra fields (an error message, a word's probability) go beside it."""
-    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish, **extra}
+@dataclass(kw_only=True)
+class ChatRequest(Request):
+    messages: list[dict]  # [{"role": system | user | assistant, "content": str}]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+def parse_chat(body, model_name: str, limits) -> ChatRequest:
+    """Check every field of a chat completions request; raise ApiError saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    check_fields(body, CHAT_FIELDS, CHAT_IGNORED)
+    check_model(body, model_name)
+    messages = parse_messages(body.get("messages"))
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    common = parse_common(body, limits, 1, limit)
+    if common["max_tokens"] == 0:
+        raise ApiError(400, "'max_tokens' must be at least 1 for a chat completion.", "max_tokens")
+    top = integer(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    wanted = flag(body, "logprobs")
+    if top is not None and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", "top_logprobs")
+    return ChatRequest(messages=messages, logprobs=(top or 0) if wanted else None, **common)
 
 
-def sse(data) -> str:
-    """One server-sent event."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
-
-
-class CompletionShape:
-    """OpenAI's completions bodies and chunks for one request. With `echo`, each choice begins
-    with its prompt (`echoes`, one per choice): in the body, before the text; streamed, as
-    each choice's first chunk. Text offsets count from the start of the choice's text."""
-
-    lstrip = False
-
-    def __init__(self, model_name: str, req: CompletionRequest, names, echoes=None):
-        self.meta, self.names, self.echoes = completion_meta(model_name), names, echoes
-        self.logprobs, self.include_usage = req.logprobs is not None, req.include_usage
-
-    def _echo(self, index: int):
-        return self.echoes[index] if self.echoes else None
-
-    def _logprobs(self, index: int, entries, with_echo: bool = False):
-        if not self.logprobs:
-            return None
-        echo = self._echo(index)
-        shift = len(echo.text) if echo else 0
-        out = completion_logprobs(self.names, entries, shift)
-        if with_echo and echo:
-            first = completion_logprobs(self.names, echo.entries)
-            out = {k: first[k] + out[k] for k in out}
-        return out
-
-    def body(self, results, usage_: dict) -> dict:
-        choices = []
-        for i, r in enumerate(results):
-            echo = self._echo(i)
-            text = (echo.text if echo else "") + r.text
-            choices.append(choice(i, text, r.finish, self._logprobs(i, r.entries, True), **r.extra))
-        return {**self.meta, "choices": choices, "usage": usage_}
-
-    def _chunk(self, choice_: dict) -> dict:
-        return {**self.meta, "choices": [choice_], **({"usage": None} if self.include_usage else {})}  # fmt: skip
-
-    def opening(self, n: int) -> list[dict]:
-        if not self.echoes:
-            return []
-        return [self._chunk(choice(i, self.echoes[i].text, None, completion_logprobs(
-                    self.names, self.echoes[i].entries) if self.logprobs else None))
-                for i in range(n)]  # fmt: skip
-
-    def chunk(self, index: int, r) -> dict:
-        return self._chunk(choice(index, r.text, r.finish, self._logprobs(index, r.entries)))
-
-    def usage_chunk(self, usage_: dict) -> dict:
-        return {**self.meta, "choices": [], "usage": usage_}
+def parse_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(
+            400, "'messages' must be a non-empty list of {role, content} objects.", "messages"
+        )
+    out = []
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ROLES:
+            raise ApiError(
+                400,
+                f"messages[{i}] must have a role of system, user or assistant, not {json.dumps(role)} (tools are not supported).",
+                "messages",
+            )
+        content = m.get("content")
+        if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        ):
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(
+                400, f"messages[{i}].content must be a string or a list of text parts.", "messages"
+            )
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out

@@ -1,10 +1,13 @@
-"""Scoring text: each token's log-probability under the model, computed one way for
-`tinylm eval`, `tinylm tokens` and the API's `echo` / `logprobs`.
+"""Next-token log-probabilities, computed one way: `log_probs` turns a model's next-token
+logits into them (the engine's sampled tokens, the word search, scoring), and `score` gives
+each token of a sequence its log-probability, the path of `tinylm eval`, `tinylm tokens` and
+the API's `echo` / `logprobs`.
 
-A sequence is its start token followed by its tokens; every token after the first is
+A scored sequence is its start token followed by its tokens; every token after the first is
 predicted exactly once. A sequence longer than the context is read in windows of at most
 `context` tokens that overlap by half, so each token is predicted with at least half a
-context of history (all of it, when the sequence fits).
+context of history (all of it, when the sequence fits). The model reads the rows through
+`model.read` (models/__init__.py), so a decoder and the encoder-decoder are scored alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next token from logits (..., vocabulary), in fp32 on the CPU."""
+    return logits.float().log_softmax(dim=-1).cpu()
 
 
 @dataclass
@@ -35,8 +43,9 @@ def windows(length: int, context: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def score(model, sequences: list[list[int]], context: int, *, top: int = 5,
-          batch_tokens: int = 16_384) -> list[Scores]:  # fmt: skip
+def score(
+    model, sequences: list[list[int]], context: int, *, top: int = 5, batch_tokens: int = 16_384
+) -> list[Scores]:
     """Scores of every token after the first of each sequence (see the module docstring)."""
     device = next(model.parameters()).device
     top = max(1, min(top, model.vocab_size))
@@ -50,7 +59,7 @@ def score(model, sequences: list[list[int]], context: int, *, top: int = 5,
         x = torch.zeros((len(chunk), width), dtype=torch.long)
         for j, (i, begin, end, _) in enumerate(chunk):
             x[j, : end - begin] = torch.tensor(sequences[i][begin:end])
-        logp = model(x.to(device)).logits.float().log_softmax(dim=-1).cpu()
+        logp = log_probs(model.read(x.to(device)))
         for j, (i, begin, end, scored) in enumerate(chunk):
             rows = logp[j, end - begin - scored : end - begin]  # predicting end-scored+1..end
             targets = torch.tensor(sequences[i][end - scored + 1 : end + 1])
