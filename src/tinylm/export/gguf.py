@@ -14,7 +14,7 @@ LlamaModel and Qwen3Model) does it:
   query and key projections are permuted so that the two agree (`permute`, the converter's
   `LlamaModel.permute`). `qwen3` uses the NEOX rope, which is Hugging Face's order: no permutation.
 - A tied output layer is not stored: llama.cpp reads the token embedding in its place.
-- The tokenizer. llama.cpp's BPE (tokenizer.ggml.model "gpt2") with the "gpt2" pre-tokenizer
+- The tokenizer. llama.cpp's BPE (tokenizer.ggml.model "gpt2") with the "gpt-2" pre-tokenizer
   splits text with GPT-2's regex, which is the regex of tinylm's byte-level BPE
   (`pre_tokenizers.ByteLevel(add_prefix_space=False)`), then merges by the same ranks. tinylm's
   BPE is trained from scratch, so llama.cpp's converter would not recognise it by its hash; the
@@ -452,7 +452,7 @@ def _write_gguf(gguf, model: Model, path: Path, dtype: str, name: str) -> None:
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # llama.cpp: LLAMA_VOCAB_PRE_TYPE_GPT2, GPT-2's regex
     w.add_token_list(v.tokens)
     w.add_token_types(v.types)
     w.add_token_merges(v.merges)
