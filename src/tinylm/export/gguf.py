@@ -201,7 +201,7 @@ def read_run(run_dir: Path) -> Model:
 def _read_json(run_dir: Path, name: str) -> dict:
     path = run_dir / name
     if not path.is_file():
-        raise UserError(f"{run_dir} has no {name}; is it a trained tinylm run directory?")
+        raise UserError(f"{run_dir} has no {name}, so it is not a trained tinylm run directory.")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
