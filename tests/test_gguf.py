@@ -26,6 +26,12 @@ from tinylm.export.gguf import byte_encoder, unpermute
 from tinylm.inference import Engine, Sampling, load
 
 gguf = pytest.importorskip("gguf")
+try:
+    import llama_cpp
+except ImportError:
+    llama_cpp = None
+# (b) where llama-cpp-python imports; a mark, so that a run without it trains no run for them
+needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed")
 
 PARAGRAPH = (
     "The history of the world's oldest cities, as told in 1999 by 3 historians: "
@@ -267,7 +273,6 @@ def test_command_line(words, text_runs, capsys):
 
 
 def llama(path, n_ctx):
-    llama_cpp = pytest.importorskip("llama_cpp")
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -324,6 +329,7 @@ def llama_greedy(llm, loaded, prompt, max_tokens=None):
     return out, llm.detokenize(out).decode("utf-8", errors="replace")
 
 
+@needs_llama_cpp
 def test_llama_cpp_runs_the_word_completer(words):
     loaded = load(words, "cpu")
     llm = llama(export_gguf(words), n_ctx=loaded.cfg.model.context_length)
@@ -345,6 +351,7 @@ def test_llama_cpp_runs_the_word_completer(words):
     llm.close()
 
 
+@needs_llama_cpp
 def test_llama_cpp_runs_the_bpe_text_model(bpe_run, small_bpe):
     loaded = load(bpe_run, "cpu")
     tok = loaded.tokenizer
@@ -362,7 +369,6 @@ def test_llama_cpp_runs_the_bpe_text_model(bpe_run, small_bpe):
         assert llm.tokenize(text.encode(), add_bos=True) == [tok.bos_id, *tok.encode(text)], text
     # the tiny run of the shared fixture (context 32) tokenizes alike
     small = load(small_bpe, "cpu").tokenizer
-    llama_cpp = pytest.importorskip("llama_cpp")
     vocab = llama_cpp.Llama(str(export_gguf(small_bpe)), vocab_only=True, verbose=False)
     for text in texts:
         assert vocab.tokenize(text.encode()) == [small.bos_id, *small.encode(text)], text
@@ -388,6 +394,7 @@ def test_llama_cpp_runs_the_bpe_text_model(bpe_run, small_bpe):
     vocab.close()
 
 
+@needs_llama_cpp
 def test_llama_cpp_runs_qk_norm_as_qwen3(qk_run):
     loaded = load(qk_run, "cpu")
     tok = loaded.tokenizer
@@ -400,6 +407,7 @@ def test_llama_cpp_runs_qk_norm_as_qwen3(qk_run):
     llm.close()
 
 
+@needs_llama_cpp
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_llama_cpp_smaller_dtypes_give_the_same_greedy_tokens(dtype, bpe_run, words):
     loaded = load(bpe_run, "cpu")
