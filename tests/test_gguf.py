@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config
+from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config, web2_sample
 from tinylm.errors import UserError
 from tinylm.export import export_gguf
 from tinylm.export.__main__ import main as export_main
@@ -405,6 +405,24 @@ def test_llama_cpp_runs_qk_norm_as_qwen3(qk_run):
     prompt = loaded.cfg.demo[0]
     assert llama_greedy(llm, loaded, prompt, 20) == tinylm_greedy(loaded, prompt, 20)
     llm.close()
+
+
+@needs_llama_cpp
+def test_llama_cpp_reads_characters_of_several_bytes(tmp_path_factory):
+    """A character that is several UTF-8 bytes is one token, joined by merges of its bytes."""
+    accented = ["café", "naïve", "señor", "über", "façade", "smörgåsbord", "日本語"]
+    data = tmp_path_factory.mktemp("data") / "accented.txt"
+    data.write_text("\n".join(web2_sample(500) + accented) + "\n")
+    run = train(tmp_path_factory, "accented", tiny_config(data=data, steps=5))
+    fields, _ = read(path := export_gguf(run))
+    assert "Ã© " not in fields["tokenizer.ggml.merges"] and "Ã ©" in fields["tokenizer.ggml.merges"]
+    loaded = load(run, "cpu")
+    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for word in [*accented, "éé", "ñé", "abc"]:
+        assert vocab.tokenize(word.encode()) == loaded.task.prompt(word).ids, word
+        ids = loaded.task.prompt(word).ids[1:]
+        assert vocab.detokenize(ids).decode() == word
+    vocab.close()
 
 
 @needs_llama_cpp
