@@ -24,8 +24,11 @@ LlamaModel and Qwen3Model) does it:
   reads a word as one token per letter. A character of several UTF-8 bytes gets the merges
   that join its bytes back into it; with none at all, a merge that can never apply stands in,
   since llama.cpp refuses a BPE without the merges key (and GGUFWriter skips an empty array).
-  Special tokens are control tokens, so typed as text they are text, as in tinylm; llama.cpp
-  adds the start token (BOS) before a prompt, which is how tinylm reads one (`<|endoftext|>` for
+  Special tokens are control tokens, so typed as text they are text, as in tinylm (where the
+  caller tokenizes without parsing special tokens: llama_cpp.Llama.tokenize's default;
+  llama-server, and Ollama through it, parse them in a prompt string, so there
+  `<|endoftext|>` typed in a prompt is the token: send token ids to avoid it). llama.cpp adds
+  the start token (BOS) before a prompt, which is how tinylm reads one (`<|endoftext|>` for
   text, `<sos>` for a word), and nothing else.
 
 Refused with one sentence, writing nothing: the encoder-decoder (words-seq2seq), the word-level
@@ -129,8 +132,8 @@ def export_gguf(run_dir: Path | str, out: Path | str | None = None, dtype: str =
 def modelfile_text(gguf_name: str, model: Model) -> str:
     """Ollama's Modelfile: the file, a plain prompt template (the text is the prompt, after the
     start token llama.cpp adds), the end token as a stop, and tinylm's sampling: temperature
-    0.8 with top-k, top-p and the repeat penalty off (Ollama's defaults are 40, 0.9 and 1.1),
-    in the model's own context length."""
+    0.8 with top-k, top-p and the repeat penalty off (Ollama's defaults are top-k 40 and top-p
+    0.9; older versions had a repeat penalty of 1.1), in the model's own context length."""
     return (
         f"FROM ./{gguf_name}\n"
         'TEMPLATE "{{ .Prompt }}"\n'
