@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.export import export_gguf
-from tinylm.inference import Engine, Sampling, load
+import tinylm
+from tinylm.inference import Engine, Sampling
 
 PROMPT = "The history of the"
 
@@ -33,7 +33,7 @@ PROMPT = "The history of the"
 def tinylm_tokens(loaded, n: int, compile: bool = False) -> list[int]:
     job = loaded.job(PROMPT, Sampling(0.0), max_tokens=n)
     job.stop_ids, job.banned = (), ()  # exactly n tokens, plain greedy as llama.cpp's loop does
-    engine = Engine(loaded.model, compile=compile)
+    engine = Engine(loaded.net, compile=compile)
     return [e.token for e in engine.generate([job]) if e.token is not None]
 
 
@@ -58,12 +58,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import llama_cpp
 
-    loaded = load(args.run, "cpu", compile=True)  # loaded.compile: False where it cannot compile
+    loaded = tinylm.load(args.run, "cpu", compile=True)  # .compiled: False where it cannot
     prompt = loaded.task.prompt(PROMPT).ids
     ctx = loaded.cfg.model.context_length
     n = min(args.tokens, ctx - len(prompt))  # no window slide
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_gguf(args.run, Path(tmp) / "model-f32.gguf", dtype="f32")
+        path = tinylm.export_gguf(args.run, Path(tmp) / "model-f32.gguf", dtype="f32")
         kv = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}[args.kv]
         llm = llama_cpp.Llama(
             model_path=str(path),
@@ -81,11 +81,11 @@ def main() -> None:
 
     theirs, mine = llama_tokens(llm, prompt, n), tinylm_tokens(loaded, n)
     t0 = time.perf_counter()
-    compiled = tinylm_tokens(loaded, n, compile=loaded.compile)  # the first call compiles
+    compiled = tinylm_tokens(loaded, n, compile=loaded.compiled)  # the first call compiles
     compile_s = time.perf_counter() - t0
     runs = {
         "tinylm": lambda: tinylm_tokens(loaded, n),
-        "tinylm_compiled": lambda: tinylm_tokens(loaded, n, compile=loaded.compile),
+        "tinylm_compiled": lambda: tinylm_tokens(loaded, n, compile=loaded.compiled),
         "llamacpp": lambda: llama_tokens(llm, prompt, n),
     }
     rates = {name: [] for name in runs}

@@ -13,19 +13,19 @@ import re
 import shutil
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config, web2_sample
+from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config, train_run, web2_sample
+from tinylm import export_gguf, load
+from tinylm.cli import main
 from tinylm.errors import UserError
-from tinylm.export import export_gguf
-from tinylm.export.__main__ import main as export_main
-from tinylm.export.gguf import byte_encoder, unpermute
-from tinylm.inference import Engine, Sampling, load
+from tinylm.export.gguf import unpermute
+from tinylm.inference import Engine, Sampling
 
-gguf = pytest.importorskip("gguf")
 try:
     import llama_cpp
 except ImportError:
@@ -41,8 +41,6 @@ PARAGRAPH = (
 
 
 def train(tmp_path_factory, name, cfg):
-    from tinylm.train import train_run
-
     run, _ = train_run(cfg, tmp_path_factory.mktemp("runs") / name, show_progress=False)
     return run.path
 
@@ -185,14 +183,6 @@ def test_metadata_is_complete(small_bpe, words):
     assert ids == [tok.bos_id, tok.eos_id, tok.pad_id]
 
 
-def test_byte_encoder_is_gpt2s():
-    from tokenizers import pre_tokenizers
-
-    table = byte_encoder()
-    assert sorted(table.values()) == sorted(pre_tokenizers.ByteLevel.alphabet())
-    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
-
-
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_smaller_dtypes(dtype, words):
     path = export_gguf(words, dtype=dtype)
@@ -262,9 +252,11 @@ def test_refusals_of_broken_run_directories(tiny_run, tmp_path):
 
 
 def test_command_line(words, text_runs, capsys):
-    assert export_main([str(words), "--dtype", "f16"]) == 0
+    assert main(["export", str(words), "--gguf", "--dtype", "f16"]) == 0
     assert capsys.readouterr().out.strip().endswith("model-f16.gguf")
-    assert export_main([str(text_runs["pile-word"].path)]) == 2
+    assert main(["export", str(words)]) == 2  # no format named
+    assert "--gguf" in capsys.readouterr().err
+    assert main(["export", str(text_runs["pile-word"].path), "--gguf"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tinylm: ") and len(err.splitlines()) == 1
 
@@ -295,14 +287,14 @@ def llama_logits(llm, ids):
 
 def tinylm_logits(loaded, ids):
     with torch.no_grad():
-        return loaded.model(torch.tensor([ids])).logits[0].numpy()
+        return loaded.net(torch.tensor([ids])).logits[0].numpy()
 
 
 def tinylm_greedy(loaded, prompt, max_tokens=None):
     """tinylm's greedy tokens (its engine: stop token, banned tokens, length limit) and text."""
     job = loaded.job(prompt, Sampling(0.0), max_tokens=max_tokens)
-    tokens = [s.token for s in Engine(loaded.model).generate([job]) if s.token is not None]
-    text = "".join(loaded.stream(prompt, Sampling(0.0), max_tokens=max_tokens))
+    tokens = [s.token for s in Engine(loaded.net).generate([job]) if s.token is not None]
+    text = "".join(loaded.stream(prompt, max_tokens, temperature=0.0))
     return tokens, text
 
 

@@ -92,3 +92,18 @@ def test_the_character_tokenizer_still_starts_words_with_sos(tmp_path):
         tok.bos_id,
         *tok.encode("zebra"),
     ]
+
+
+def test_the_byte_table_is_gpt2s_as_tokenizers_decodes_it():
+    """Each byte-level character stands for the byte `tokenizers`' own ByteLevel decoder gives
+    it (the detokenizer and the GGUF export read bytes through this table)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    from tinylm.tokenizer import BYTE_OF
+
+    assert sorted(BYTE_OF) == sorted(pre_tokenizers.ByteLevel.alphabet())
+    assert BYTE_OF["Ġ"] == ord(" ") and BYTE_OF["Ċ"] == ord("\n") and BYTE_OF["a"] == ord("a")
+    decoder = decoders.ByteLevel()
+    for char, byte in BYTE_OF.items():
+        if byte < 128:  # a lone byte of 128 or more is not UTF-8 text on its own
+            assert decoder.decode([char]) == chr(byte)

@@ -27,6 +27,7 @@ __version__ = "0.2.0"
 _WHERE = {
     "tinylm.api": ["Model", "Run", "Sample", "load", "plot", "train"],
     "tinylm.config": ["RunConfig"],
+    "tinylm.export": ["export_gguf"],
     "tinylm.inference.sampling": ["Sampling"],
     "tinylm.preset": ["load_preset", "preset_names"],
     "tinylm.results": [
@@ -48,6 +49,7 @@ __all__ = ["SamplingError", "UserError", *_MODULE]
 if TYPE_CHECKING:
     from tinylm.api import Model, Run, Sample, load, plot, train  # noqa: F401
     from tinylm.config import RunConfig  # noqa: F401
+    from tinylm.export import export_gguf  # noqa: F401
     from tinylm.inference.sampling import Sampling  # noqa: F401
     from tinylm.preset import load_preset, preset_names  # noqa: F401
     from tinylm.results import (  # noqa: F401

@@ -26,6 +26,7 @@ from tinylm import explain, report, results, training
 from tinylm.config import RunConfig
 from tinylm.device import compile_unavailable, pick_device
 from tinylm.errors import UserError
+from tinylm.export import export_gguf
 from tinylm.inference import Engine, Job, Sampling
 from tinylm.models import param_breakdown
 from tinylm.runs import RunDir
@@ -254,6 +255,10 @@ class Run:
 
     def report(self, out: Path | str | None = None, device: str = "auto") -> Path:
         return self.load(device).report(out)
+
+    def export_gguf(self, out: Path | str | None = None, dtype: str = "f32") -> Path:
+        """The run as a GGUF file for llama.cpp and Ollama, with a Modelfile (export/gguf.py)."""
+        return export_gguf(self.path, out, dtype)
 
 
 def load(path: Path | str | Run, device: str = "auto", compile: bool = False) -> Model:

@@ -188,6 +188,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    if not args.gguf:
+        raise UserError("Name the format to export to: --gguf (for llama.cpp and Ollama).")
+    print(tinylm.export_gguf(args.run, args.out, args.dtype))
+    return 0
+
+
 def cmd_info(args) -> int:
     print(tinylm.load(args.run, args.device).info())
     return 0
@@ -204,6 +211,7 @@ COMMANDS = {
     "tokens": cmd_tokens,
     "report": cmd_report,
     "plot": cmd_plot,
+    "export": cmd_export,
     "info": cmd_info,
 }
 

@@ -40,6 +40,12 @@ def build_parser() -> Parser:
     pl.add_argument("-o", "--output", type=Path, default=Path("loss-curves.png"))
     pl.add_argument("--x", choices=["tokens", "time", "step"], default="tokens")
 
+    x = sub.add_parser("export", help="the run as a GGUF file for llama.cpp and Ollama")
+    x.add_argument("run", type=Path)
+    x.add_argument("--gguf", action="store_true", help="write GGUF (with an Ollama Modelfile)")
+    x.add_argument("--out", type=Path, help="the file (default: RUN/model-DTYPE.gguf)")
+    x.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32", help="weights' type")
+
     i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
     i.add_argument("run", type=Path)
     add_device_option(i)

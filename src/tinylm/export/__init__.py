@@ -4,7 +4,7 @@ and Ollama run (gguf.py), with an Ollama Modelfile beside it.
     from tinylm.export import export_gguf
     export_gguf("runs/pile-bpe", dtype="q8_0")   # runs/pile-bpe/model-q8_0.gguf + Modelfile
 
-or `python -m tinylm.export runs/pile-bpe --dtype q8_0`.
+or `tinylm export runs/pile-bpe --gguf --dtype q8_0`.
 """
 
 from tinylm.export.gguf import DTYPES, export_gguf

@@ -40,14 +40,18 @@ would run differently from tinylm.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from tinylm.errors import UserError
+from tinylm.export.gguf_vocab import Vocab, read_json, read_vocab
 
 DTYPES = ("f32", "f16", "q8_0")
 MODELFILE = "Modelfile"
@@ -66,20 +70,6 @@ LAYER_TENSORS = (
     "mlp.down_proj",
 )
 QK_NORM_TENSORS = ("self_attn.q_norm", "self_attn.k_norm")
-# tokenizer.json's parts as tinylm writes them for each kind llama.cpp can read faithfully
-BYTE_LEVEL_PRE = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-CHAR_PRE = {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": False}
-
-
-@dataclass
-class Vocab:
-    tokens: list[str]
-    types: list[int]  # gguf.TokenType values
-    merges: list[str]
-    bos: int
-    eos: int
-    pad: int | None
-    end_token: str  # the end token's text, Ollama's stop string
 
 
 @dataclass
@@ -104,10 +94,6 @@ def export_gguf(run_dir: Path | str, out: Path | str | None = None, dtype: str =
     run_dir = Path(run_dir)
     if dtype not in DTYPES:
         raise UserError(f"Unknown GGUF dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
-    try:
-        import gguf
-    except ImportError:
-        raise UserError("Exporting to GGUF needs the gguf package (pip install gguf).") from None
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run directory.")
     model = read_run(run_dir)
@@ -119,7 +105,7 @@ def export_gguf(run_dir: Path | str, out: Path | str | None = None, dtype: str =
     tmp_gguf = out.parent / f".{out.name}.{os.getpid()}.tmp"
     tmp_modelfile = out.parent / f".{MODELFILE}.{os.getpid()}.tmp"
     try:
-        _write_gguf(gguf, model, tmp_gguf, dtype, name=run_dir.resolve().name)
+        _write_gguf(model, tmp_gguf, dtype, name=run_dir.resolve().name)
         tmp_modelfile.write_text(modelfile_text(out.name, model))
         os.replace(tmp_gguf, out)
         os.replace(tmp_modelfile, modelfile)
@@ -151,7 +137,7 @@ def modelfile_text(gguf_name: str, model: Model) -> str:
 
 def read_run(run_dir: Path) -> Model:
     """Everything the GGUF file holds, read and checked from the run directory's files."""
-    config = _read_json(run_dir, "config.json")
+    config = read_json(run_dir, "config.json")
     settings = _read_settings(run_dir)
     hf_arch = (config.get("architectures") or [None])[0]
     if hf_arch == "EncoderDecoderModel" or config.get("is_encoder_decoder"):
@@ -201,21 +187,9 @@ def read_run(run_dir: Path) -> Model:
     return model
 
 
-def _read_json(run_dir: Path, name: str) -> dict:
-    path = run_dir / name
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no {name}, so it is not a trained tinylm run directory.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({e}).") from None
-
-
 def _read_settings(run_dir: Path) -> dict:
     """tinylm.yaml as a plain mapping (empty where absent): read for the few things that
     neither config.json nor the tokenizer files say."""
-    import yaml
-
     path = run_dir / "tinylm.yaml"
     if not path.is_file():
         return {}
@@ -229,9 +203,6 @@ def _read_settings(run_dir: Path) -> dict:
 def read_tensors(run_dir: Path, model: Model) -> dict[str, np.ndarray]:
     """model.safetensors under llama.cpp's names, float32, q and k rows in llama's rotary
     order; refused if a tensor is missing, unexpected or of the wrong shape."""
-    import gguf
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     p = model.params
     path = run_dir / "model.safetensors"
@@ -313,123 +284,10 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# --- the tokenizer
-
-
-def byte_encoder() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: each byte as the printable character that stands for it
-    (the table of tokenizers' ByteLevel and of llama.cpp's unicode_byte_to_utf8)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += range(ord("®"), ord("ÿ") + 1)
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def read_vocab(run_dir: Path, settings: dict, vocab_size: int) -> Vocab:
-    import gguf
-
-    tok = _read_json(run_dir, "tokenizer.json")
-    tok_config = _read_json(run_dir, "tokenizer_config.json")
-    kind = (settings.get("tokenizer") or {}).get("kind") or _guess_kind(tok)
-    if kind == "word":
-        raise UserError(
-            f"{run_dir}'s word-level tokenizer lowercases, turns punctuation into spaces and maps unknown words to <UNK>, which no llama.cpp tokenizer does, so llama.cpp would read text differently."
-        )
-    if kind not in ("bpe", "char"):
-        raise UserError(
-            f"{run_dir}'s tokenizer is of kind '{kind}'; GGUF export knows bpe and char."
-        )
-    model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
-    if kind == "bpe":
-        faithful = (
-            model.get("type") == "BPE"
-            and not any(
-                model.get(k)
-                for k in (
-                    "dropout",
-                    "continuing_subword_prefix",
-                    "end_of_word_suffix",
-                    "byte_fallback",
-                    "ignore_merges",
-                )
-            )
-            and tok.get("normalizer") is None
-            and all(pre.get(k) == v for k, v in BYTE_LEVEL_PRE.items())
-            and (tok.get("decoder") or {}).get("type") == "ByteLevel"
-        )
-    else:
-        faithful = (
-            model.get("type") == "WordLevel"
-            and tok.get("normalizer") is None
-            and all(pre.get(k) == v for k, v in CHAR_PRE.items())
-        )
-    if not faithful:
-        raise UserError(
-            f"{run_dir}/tokenizer.json is not the {kind} tokenizer tinylm builds, so llama.cpp's would not split text as it does."
-        )
-    special = {t["content"] for t in tok.get("added_tokens", []) if t.get("special")}
-    by_id = {i: t for t, i in model["vocab"].items()}
-    by_id.update({t["id"]: t["content"] for t in tok.get("added_tokens", [])})
-    if len(by_id) != vocab_size or set(by_id) != set(range(vocab_size)):
-        raise UserError(
-            f"{run_dir}/tokenizer.json has {len(by_id)} tokens; config.json's vocab_size is {vocab_size}."
-        )
-    to_bytes = byte_encoder()
-    tokens, types, merges = [], [], []
-    for i in range(vocab_size):
-        text = by_id[i]
-        if text in special:
-            types.append(gguf.TokenType.CONTROL)
-        else:
-            types.append(gguf.TokenType.NORMAL)
-            if kind == "char":  # its vocabulary holds characters; llama.cpp's holds byte pieces
-                text = "".join(to_bytes[b] for b in text.encode("utf-8"))
-                merges += [f"{text[:n]} {text[n]}" for n in range(1, len(text))]
-        tokens.append(text)
-    if kind == "bpe":
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    ids = {t: i for i, t in by_id.items()}
-    named = {k: tok_config.get(f"{k}_token") for k in ("bos", "eos", "pad")}
-    named = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in named.items()}
-    if not named["bos"] or not named["eos"] or named["bos"] not in ids or named["eos"] not in ids:
-        raise UserError(
-            f"{run_dir}/tokenizer_config.json names no start and end tokens of its vocabulary."
-        )
-    if not merges:
-        # llama.cpp refuses a BPE without merges, and GGUFWriter writes no empty array: a
-        # merge of two special tokens' texts, which never are pieces of split text, never applies
-        merges = [f"{named['bos']} {named['eos']}"]
-    return Vocab(
-        tokens=tokens,
-        types=[int(t) for t in types],
-        merges=merges,
-        bos=ids[named["bos"]],
-        eos=ids[named["eos"]],
-        pad=ids.get(named["pad"]) if named["pad"] else None,
-        end_token=named["eos"],
-    )
-
-
-def _guess_kind(tok: dict) -> str:
-    """A tokenizer's kind from tokenizer.json, for a run directory without tinylm.yaml."""
-    model_type = (tok.get("model") or {}).get("type")
-    if model_type == "BPE":
-        return "bpe"
-    if model_type == "WordLevel" and (tok.get("pre_tokenizer") or {}).get("type") == "Split":
-        return "char"
-    return "word" if model_type == "WordLevel" else str(model_type)
-
-
 # --- writing
 
 
-def _write_gguf(gguf, model: Model, path: Path, dtype: str, name: str) -> None:
+def _write_gguf(model: Model, path: Path, dtype: str, name: str) -> None:
     p, v = model.params, model.vocab
     file_type = {
         "f32": gguf.LlamaFileType.ALL_F32,
