@@ -25,45 +25,63 @@ from tinylm.errors import SamplingError, UserError
 __version__ = "0.2.0"
 
 _WHERE = {
-    "tinylm.api": ["Model", "Run", "Sample", "load", "plot", "train"],
+    "tinylm.api": [
+        "Model",
+        "Run",
+        "Sample",
+        "load",
+        "load_documents",
+        "load_words",
+        "plot",
+        "train",
+    ],
     "tinylm.config": ["RunConfig"],
     "tinylm.export": ["export_gguf"],
     "tinylm.inference.sampling": ["Sampling"],
-    "tinylm.preset": ["load_preset", "preset_names"],
+    "tinylm.models": ["build_model", "param_breakdown"],
+    "tinylm.preset": ["apply_overrides", "load_preset", "preset_names"],
+    "tinylm.tokenizer": ["Tokenizer", "train_tokenizer"],
     "tinylm.results": [
-        "Attention",
         "Completions",
         "Demo",
         "Generation",
         "Info",
-        "LossCurves",
         "TextEvaluation",
-        "Tokens",
         "WordEvaluation",
         "WordList",
     ],
+    "tinylm.views": ["Attention", "LossCurves", "Tokens"],
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = ["SamplingError", "UserError", *_MODULE]
 
 if TYPE_CHECKING:
-    from tinylm.api import Model, Run, Sample, load, plot, train  # noqa: F401
+    from tinylm.api import (  # noqa: F401
+        Model,
+        Run,
+        Sample,
+        load,
+        load_documents,
+        load_words,
+        plot,
+        train,
+    )
     from tinylm.config import RunConfig  # noqa: F401
     from tinylm.export import export_gguf  # noqa: F401
     from tinylm.inference.sampling import Sampling  # noqa: F401
-    from tinylm.preset import load_preset, preset_names  # noqa: F401
+    from tinylm.models import build_model, param_breakdown  # noqa: F401
+    from tinylm.preset import apply_overrides, load_preset, preset_names  # noqa: F401
     from tinylm.results import (  # noqa: F401
-        Attention,
         Completions,
         Demo,
         Generation,
         Info,
-        LossCurves,
         TextEvaluation,
-        Tokens,
         WordEvaluation,
         WordList,
     )
+    from tinylm.tokenizer import Tokenizer, train_tokenizer  # noqa: F401
+    from tinylm.views import Attention, LossCurves, Tokens  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from tinylm import distributed as dist
-from tinylm import explain, report, results, training
+from tinylm import explain, report, results, training, views
 from tinylm.config import RunConfig
+from tinylm.data import words as data_words
+from tinylm.data.text import load_corpus
 from tinylm.device import compile_unavailable, pick_device
 from tinylm.errors import UserError
 from tinylm.export import export_gguf
@@ -180,13 +182,13 @@ class Model:
             self.run.write_json(name, result.to_dict())
         return result
 
-    def attention(self, text: str) -> results.Attention:
+    def attention(self, text: str) -> views.Attention:
         """The model's attention weights while it reads `text` as a prompt; a picture in
         Jupyter, `.save(path)` for a file, `.to_dict()` for the numbers."""
         prompt = self.task.prompt(text).ids
         return explain.attention(self.net, self.tokenizer, prompt, f"{self.run.path}: {text!r}")
 
-    def tokens(self, text: str) -> results.Tokens:
+    def tokens(self, text: str) -> views.Tokens:
         """How the tokenizer cuts `text`, and the model's surprise at each token in bits (the
         bits `evaluate` sums over the same text)."""
         sequence, pieces = self.task.scored(text)
@@ -246,9 +248,9 @@ class Run:
     def load(self, device: str = "auto", compile: bool = False) -> Model:
         return Model(self.dir, device, compile)
 
-    def plot(self, out: Path | str | None = None, x: str = "tokens") -> results.LossCurves:
+    def plot(self, out: Path | str | None = None, x: str = "tokens") -> views.LossCurves:
         """The loss curves: a picture in Jupyter; with `out`, also saved there."""
-        curves = results.LossCurves([(self.path.name, self.metrics)], x)
+        curves = views.LossCurves([(self.path.name, self.metrics)], x)
         if out:
             curves.save(Path(out))
         return curves
@@ -303,7 +305,19 @@ def train(
     return Run(run_dir.path, summary, env.is_main)
 
 
-def plot(runs: list[Path | str], x: str = "tokens") -> results.LossCurves:
+def load_words(source: str = "words", min_len: int = 3, max_len: int = 15) -> list[str]:
+    """The words a word run trains on: NLTK's `words` corpus ("words") or a one-word-a-line
+    file, lowercased, alphabetic, min_len to max_len letters, deduplicated, sorted."""
+    return data_words.load_words(source, min_len, max_len)
+
+
+def load_documents(source: str, limit: int | None = None, text_field: str = "text") -> list[str]:
+    """The first `limit` documents of a text source (a file, folder, glob or hf:NAME), as a
+    text run reads them."""
+    return load_corpus(source, text_field).documents[:limit]
+
+
+def plot(runs: list[Path | str], x: str = "tokens") -> views.LossCurves:
     """The loss curves of several runs in one picture (`.save(path)` writes it)."""
     curves = []
     for path in runs:
@@ -311,4 +325,4 @@ def plot(runs: list[Path | str], x: str = "tokens") -> results.LossCurves:
         if not records:
             raise UserError(f"{path} has no metrics yet (metrics.jsonl is empty).")
         curves.append((str(path), records))
-    return results.LossCurves(curves, x)
+    return views.LossCurves(curves, x)

@@ -9,7 +9,7 @@ import math
 import torch
 
 from tinylm.inference.logprobs import score
-from tinylm.results import Attention, AttentionMap, Tokens, TokenScore
+from tinylm.views import Attention, AttentionMap, Tokens, TokenScore
 
 LN2 = math.log(2)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tinylm import html
 from tinylm.atomic import write_text
-from tinylm.results import LossCurves
+from tinylm.views import LossCurves
 
 
 def write_report(model, out: Path) -> Path:

@@ -57,7 +57,12 @@ DTYPES = ("f32", "f16", "q8_0")
 MODELFILE = "Modelfile"
 TEMPERATURE = 0.8  # tinylm generate's default; Ollama's Modelfile says it too
 
-ARCHS = {"LlamaForCausalLM": "llama", "Qwen3ForCausalLM": "qwen3"}
+# Hugging Face's architecture -> llama.cpp's, whether llama.cpp rotates adjacent pairs of a
+# head's dimensions (NORM rope: the q and k rows are permuted), and whether heads have q/k norms
+ARCHS = {
+    "LlamaForCausalLM": ("llama", True, ()),
+    "Qwen3ForCausalLM": ("qwen3", False, ("self_attn.q_norm", "self_attn.k_norm")),
+}
 LAYER_TENSORS = (
     "input_layernorm",
     "self_attn.q_proj",
@@ -69,12 +74,13 @@ LAYER_TENSORS = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
-QK_NORM_TENSORS = ("self_attn.q_norm", "self_attn.k_norm")
 
 
 @dataclass
 class Model:
     arch: str  # llama.cpp's architecture name: llama or qwen3
+    permute: bool  # q and k rows into llama.cpp's rotary order
+    qk_norms: tuple[str, ...]  # the heads' norm tensors, if any
     params: dict
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # GGUF names, float32
     vocab: Vocab | None = None
@@ -181,7 +187,7 @@ def read_run(run_dir: Path) -> Model:
         "rms_norm_eps": float(config.get("rms_norm_eps", 1e-6)),
         "tied": bool(config.get("tie_word_embeddings", False)),
     }
-    model = Model(ARCHS[hf_arch], params)
+    model = Model(*ARCHS[hf_arch], params)
     model.vocab = read_vocab(run_dir, settings, params["vocab_size"])
     model.tensors = read_tensors(run_dir, model)
     return model
@@ -212,7 +218,7 @@ def read_tensors(run_dir: Path, model: Model) -> dict[str, np.ndarray]:
         stored = load_file(path)
     except (SafetensorError, OSError) as e:
         raise UserError(f"The weights in {path} are unreadable ({e}).") from None
-    layer_names = LAYER_TENSORS + (QK_NORM_TENSORS if model.arch == "qwen3" else ())
+    layer_names = LAYER_TENSORS + model.qk_norms
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
     expected |= {
         f"model.layers.{i}.{t}.weight" for i in range(p["block_count"]) for t in layer_names
@@ -256,9 +262,9 @@ def read_tensors(run_dir: Path, model: Model) -> dict[str, np.ndarray]:
             raise UserError(
                 f"{path}'s {name} has shape {tuple(data.shape)}; config.json says {want}."
             )
-        if model.arch == "llama" and part == "q_proj":
+        if model.permute and part == "q_proj":
             data = permute(data, p["head_count"])
-        elif model.arch == "llama" and part == "k_proj":
+        elif model.permute and part == "k_proj":
             data = permute(data, p["head_count_kv"])
         tensors[names.get_name(name, try_suffixes=(".weight",))] = np.ascontiguousarray(data)
     return tensors

@@ -54,30 +54,8 @@ def read_vocab(run_dir: Path, settings: dict, vocab_size: int) -> Vocab:
         raise UserError(
             f"{run_dir}'s tokenizer is of kind '{kind}'; GGUF export knows bpe and char."
         )
-    model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
-    if kind == "bpe":
-        faithful = (
-            model.get("type") == "BPE"
-            and not any(
-                model.get(k)
-                for k in (
-                    "dropout",
-                    "continuing_subword_prefix",
-                    "end_of_word_suffix",
-                    "byte_fallback",
-                    "ignore_merges",
-                )
-            )
-            and tok.get("normalizer") is None
-            and all(pre.get(k) == v for k, v in BYTE_LEVEL_PRE.items())
-            and (tok.get("decoder") or {}).get("type") == "ByteLevel"
-        )
-    else:
-        faithful = (
-            model.get("type") == "WordLevel"
-            and tok.get("normalizer") is None
-            and all(pre.get(k) == v for k, v in CHAR_PRE.items())
-        )
+    model = tok.get("model") or {}
+    faithful = is_tinylms(tok, kind)
     if not faithful:
         raise UserError(
             f"{run_dir}/tokenizer.json is not the {kind} tokenizer tinylm builds, so llama.cpp's would not split text as it does."
@@ -132,3 +110,31 @@ def _guess_kind(tok: dict) -> str:
     if model_type == "WordLevel" and (tok.get("pre_tokenizer") or {}).get("type") == "Split":
         return "char"
     return "word" if model_type == "WordLevel" else str(model_type)
+
+
+def is_tinylms(tok: dict, kind: str) -> bool:
+    """Whether tokenizer.json is the tokenizer tinylm builds of this kind: nothing added
+    (dropout, prefixes, a normalizer, other pre-tokenizers) that llama.cpp would not do."""
+    model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
+    if kind == "bpe":
+        return (
+            model.get("type") == "BPE"
+            and not any(
+                model.get(k)
+                for k in (
+                    "dropout",
+                    "continuing_subword_prefix",
+                    "end_of_word_suffix",
+                    "byte_fallback",
+                    "ignore_merges",
+                )
+            )
+            and tok.get("normalizer") is None
+            and all(pre.get(k) == v for k, v in BYTE_LEVEL_PRE.items())
+            and (tok.get("decoder") or {}).get("type") == "ByteLevel"
+        )
+    return (
+        model.get("type") == "WordLevel"
+        and tok.get("normalizer") is None
+        and all(pre.get(k) == v for k, v in CHAR_PRE.items())
+    )

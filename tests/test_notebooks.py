@@ -1,0 +1,38 @@
+"""Both notebooks run end to end in a real Jupyter kernel (nbclient), with small budgets: a
+renamed option or a broken cell fails here, not in a reader's hands."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.parametrize("name", ["word_completer", "text_generator"])
+def test_the_notebook_runs_in_a_kernel(name, tmp_path, words_file, text_file, monkeypatch):
+    monkeypatch.setenv("TINYLM_NOTEBOOK_BUDGET", "small")
+    monkeypatch.setenv("TINYLM_NOTEBOOK_WORDS", str(words_file))
+    monkeypatch.setenv("TINYLM_NOTEBOOK_TEXT", str(text_file))
+    monkeypatch.setenv("TINYLM_NOTEBOOK_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "cache"))
+    book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    NotebookClient(
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pictures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pictures) >= 2  # loss curves and attention
+
+
+@pytest.mark.parametrize("name", ["word_completer", "text_generator"])
+def test_the_committed_notebook_shows_its_outputs_and_stays_small(name):
+    """A reader on a code host sees every table and picture without running anything."""
+    path = NOTEBOOKS / f"{name}.ipynb"
+    book = nbformat.read(path, as_version=4)
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    assert all(cell.outputs for cell in code[2:]), "every step after the setup shows its output"
+    assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert path.stat().st_size < 3_000_000
