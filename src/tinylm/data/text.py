@@ -16,9 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import huggingface_hub
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
 from tinylm.errors import UserError
 
 EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
@@ -131,6 +128,10 @@ def _load_hub(name: str, field: str, split: str) -> Corpus:
         "HF_DATASETS_OFFLINE", ""
     ) not in ("", "0")
     if not offline:
+        # imported here: huggingface_hub's errors bring httpx, 0.3 s that only hub sources need
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
         try:
             huggingface_hub.dataset_info(name, timeout=10)
         except RepositoryNotFoundError:
