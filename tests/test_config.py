@@ -91,3 +91,19 @@ def test_every_preset_passes_its_own_checks():
         cfg = load_preset(name)
         assert data_for(cfg).batch_split(cfg, 1)[0] == cfg.train.batch_tokens
         cfg.check()
+
+
+def test_a_presets_fp32_settings_follow_the_machine(tmp_path, monkeypatch):
+    """`without_bf16:` applies where the run computes in fp32 (no native bf16), not elsewhere,
+    and a CPU held below AVX512-BF16 by ONEDNN_MAX_CPU_ISA computes in fp32."""
+    from tinylm import device
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("tokenizer:\n  kind: char\nwithout_bf16:\n  model:\n    d_model: 64\n")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert load_preset(str(path)).model.d_model == 96  # the default
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert load_preset(str(path)).model.d_model == 64
+    monkeypatch.undo()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not device.cpu_has_native_bf16()

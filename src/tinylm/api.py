@@ -300,6 +300,7 @@ def train(
             init_from=init_from,
             resume=resume,
             world_size=env.world_size,
+            device=device,
         )
         run_dir, summary = training.run(p, device=device, show_progress=progress)
     return Run(run_dir.path, summary, env.is_main)

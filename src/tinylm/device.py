@@ -66,8 +66,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+# oneDNN's instruction sets (ONEDNN_MAX_CPU_ISA) that compute in bf16 natively
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1", "ALL", "DEFAULT")
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run at twice the fp32 rate (bench/precision.py)."""
+    """AVX512-BF16 or AMX: bf16 matmuls run at twice the fp32 rate (bench/precision.py). Not
+    where ONEDNN_MAX_CPU_ISA holds oneDNN below them (AVX2, say): bf16 would be emulated."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not isa.startswith(BF16_ISAS):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read(200_000)

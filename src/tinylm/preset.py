@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from tinylm.config import SECTIONS, RunConfig
+from tinylm.device import autocast_dtype, pick_device
 from tinylm.errors import UserError
 
 
@@ -36,8 +37,13 @@ def preset_text(name_or_path: str) -> tuple[str, str]:
     ).read_text(), name_or_path
 
 
-def preset_dict(name_or_path: str) -> dict:
-    """A preset (by name, or a user's YAML file) as the dict it holds, its name as `preset`."""
+def preset_dict(name_or_path: str, device: str = "auto") -> dict:
+    """A preset (by name, or a user's YAML file) as the dict it holds, its name as `preset`.
+
+    A preset's `without_bf16:` section (settings in the sections' layout) applies where the run
+    will compute in fp32, on a CPU or GPU without native bf16: what is fastest to learn differs
+    there (a large output layer costs an fp32 step far more). It follows the preset's own
+    precision (auto) on `device`; an override of train.precision does not bring it in."""
     text, name = preset_text(name_or_path)
     try:
         d = yaml.safe_load(text) or {}
@@ -48,6 +54,11 @@ def preset_dict(name_or_path: str) -> dict:
             f"{name_or_path} must hold a mapping of sections (data:, model:, train: ...)."
         )
     d.setdefault("preset", name)
+    machine = d.pop("without_bf16", None)
+    precision = (d.get("train") or {}).get("precision", "auto")
+    if isinstance(machine, dict) and autocast_dtype(precision, pick_device(device)) is None:
+        for section, values in machine.items():
+            d[section] = {**(d.get(section) or {}), **values}
     return d
 
 

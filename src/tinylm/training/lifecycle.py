@@ -57,6 +57,7 @@ def plan(
     init_from: Path | str | None = None,
     resume: bool = False,
     world_size: int = 1,
+    device: str = "auto",
 ) -> Plan:
     """The checked plan of the run to train (see the module docstring)."""
     overrides = overrides_list(overrides)
@@ -68,7 +69,11 @@ def plan(
     elif init_from:
         d = adapted(Path(init_from), preset, overrides, data)
     else:
-        base = preset.to_dict() if isinstance(preset, RunConfig) else preset_dict(preset or "words")
+        base = (
+            preset.to_dict()
+            if isinstance(preset, RunConfig)
+            else preset_dict(preset or "words", device)
+        )
         d = with_overrides(base, overrides)
     if data and not resume:
         d.setdefault("data", {})["source"] = str(data)
