@@ -28,7 +28,7 @@ import torch
 
 import tinylm
 from tinylm.data.splits import TextData
-from tinylm.data.text import load_corpus
+from tinylm.data.text import open_corpus
 from tinylm.evaluate import evaluate_text
 from tinylm.inference import Engine, Sampling
 from tinylm.models import param_breakdown
@@ -76,7 +76,7 @@ def main() -> None:
 
     loaded = trained.load()
     cfg, model, tokenizer = loaded.cfg, loaded.net, loaded.tokenizer
-    held_out = load_corpus(str(args.data / "val.jsonl")).documents
+    held_out = list(open_corpus(str(args.data / "val.jsonl")).stream())
     data = TextData.reload(run, cfg)
     counts = data.train_token_counts(tokenizer)
     context = cfg.model.context_length

@@ -8,10 +8,14 @@ import pytest
 
 from conftest import TINY_TEXT_MODEL, synthetic_documents, tiny_config, train_run
 from tinylm.data import prepare
-from tinylm.data.text import cut_text, load_corpus, split_documents
+from tinylm.data.text import cut_text, open_corpus, split_documents
 from tinylm.errors import UserError
 
 DOCS = synthetic_documents(12, 40)
+
+
+def documents(source: str) -> list[str]:
+    return list(open_corpus(source).stream())
 
 
 def test_every_source_format_gives_the_same_documents(tmp_path):
@@ -20,14 +24,12 @@ def test_every_source_format_gives_the_same_documents(tmp_path):
     )
     (tmp_path / "b.json").write_text(json.dumps([{"text": d} for d in DOCS[4:8]]))
     pq.write_table(pa.table({"text": DOCS[8:]}), tmp_path / "c.parquet")
-    whole = load_corpus(str(tmp_path)).documents  # a folder: every file, sorted
+    whole = documents(str(tmp_path))  # a folder: every file, sorted
     assert whole == DOCS
-    assert load_corpus(str(tmp_path / "*.json*")).documents == DOCS[:8]  # a glob
-    assert load_corpus(str(tmp_path / "c.parquet")).documents == DOCS[8:]
+    assert documents(str(tmp_path / "*.json*")) == DOCS[:8]  # a glob
+    assert documents(str(tmp_path / "c.parquet")) == DOCS[8:]
     (tmp_path / "d.txt").write_text("\n\n".join(DOCS))
-    assert "".join(load_corpus(str(tmp_path / "d.txt")).documents).replace("\n\n", "") == "".join(
-        DOCS
-    )
+    assert "".join(documents(str(tmp_path / "d.txt"))).replace("\n\n", "") == "".join(DOCS)
 
 
 def test_text_files_are_cut_at_paragraphs():
@@ -41,10 +43,10 @@ def test_text_files_are_cut_at_paragraphs():
 def test_fingerprint_follows_content(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"text": "one"}) + "\n")
-    first = load_corpus(str(path)).fingerprint
-    assert load_corpus(str(path)).fingerprint == first
+    first = open_corpus(str(path)).fingerprint
+    assert open_corpus(str(path)).fingerprint == first
     path.write_text(json.dumps({"text": "two"}) + "\n")
-    assert load_corpus(str(path)).fingerprint != first
+    assert open_corpus(str(path)).fingerprint != first
 
 
 def test_split_is_by_document_deterministic_and_order_free():
@@ -69,17 +71,17 @@ def test_bad_corpora_get_one_sentence(tmp_path, content, phrase):
     path = tmp_path / "c.jsonl"
     path.write_text(content)
     with pytest.raises(UserError, match=phrase):
-        load_corpus(str(path))
+        documents(str(path))
 
 
 def test_unsupported_and_missing_sources(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(UserError, match="unsupported"):
-        load_corpus(str(tmp_path / "x.csv"))
+        open_corpus(str(tmp_path / "x.csv"))
     with pytest.raises(UserError, match="does not exist"):
-        load_corpus(str(tmp_path / "missing.jsonl"))
+        open_corpus(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match="No .* file matches"):
-        load_corpus(str(tmp_path / "*.parquet"))
+        open_corpus(str(tmp_path / "*.parquet"))
 
 
 def test_offline_hub_fails_fast_with_one_sentence(monkeypatch):
@@ -93,7 +95,7 @@ def test_offline_hub_fails_fast_with_one_sentence(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
     start = time.perf_counter()
     with pytest.raises(UserError, match="Cannot reach the Hugging Face hub"):
-        load_corpus("hf:NeelNanda/pile-10k")
+        open_corpus("hf:NeelNanda/pile-10k")
     assert time.perf_counter() - start < 5
 
 
@@ -110,7 +112,7 @@ def test_unknown_hub_dataset(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "dataset_info", missing)
     with pytest.raises(UserError, match="no dataset 'someone/nothing'"):
-        load_corpus("hf:someone/nothing")
+        open_corpus("hf:someone/nothing")
 
 
 def test_token_cache_makes_a_second_run_start_at_once(tmp_path, text_file, monkeypatch):
@@ -121,7 +123,7 @@ def test_token_cache_makes_a_second_run_start_at_once(tmp_path, text_file, monke
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(prepare, "pack_documents", no_tokenizing)
+    monkeypatch.setattr(prepare, "pack_corpus", no_tokenizing)
     cfg = tiny_config("pile-word", data=text_file, steps=2, extra=extra)
     run, _ = train_run(cfg, tmp_path / "second", show_progress=False)
     assert (run.path / "tokenizer.json").read_text() == (
@@ -144,9 +146,9 @@ def test_packed_tokens_start_each_document_with_end_of_text(tmp_path, text_file)
     assert tokens.dtype.name == "uint16"
     eos = tokenizer.eos_id
     assert tokens[0] == eos
-    corpus, split = data.corpus, data.split
-    assert int((tokens == eos).sum()) == len(split["train"])  # one per document
-    first_doc = corpus.documents[split["train"][0]]
+    train_docs = data.documents("train")
+    assert int((tokens == eos).sum()) == len(train_docs)  # one per document
+    first_doc = train_docs[0]
     n = len(tokenizer.encode(first_doc))
     assert tokenizer.decode(tokens[1 : n + 1].tolist()) == first_doc
 
@@ -176,4 +178,4 @@ def test_jsonl_is_split_on_newlines_only(tmp_path):
     rows = [json.dumps({"text": d}, ensure_ascii=False) for d in docs]
     path.write_text("\r\n".join(rows[:2]) + "\r\n" + "\n".join(rows[2:]) + "\n", newline="")
     assert "\u2028" in path.read_text()  # written raw, not escaped
-    assert load_corpus(str(path)).documents == docs
+    assert documents(str(path)) == docs

@@ -14,6 +14,7 @@ A mistake (a bad preset, a prefix with unknown letters, a damaged run directory)
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tinylm import distributed as dist
 from tinylm import explain, report, results, training, views
 from tinylm.config import RunConfig
 from tinylm.data import words as data_words
-from tinylm.data.text import load_corpus
+from tinylm.data.text import open_corpus
 from tinylm.device import compile_unavailable, pick_device
 from tinylm.errors import UserError
 from tinylm.export import export_gguf
@@ -315,7 +316,7 @@ def load_words(source: str = "words", min_len: int = 3, max_len: int = 15) -> li
 def load_documents(source: str, limit: int | None = None, text_field: str = "text") -> list[str]:
     """The first `limit` documents of a text source (a file, folder, glob or hf:NAME), as a
     text run reads them."""
-    return load_corpus(source, text_field).documents[:limit]
+    return list(itertools.islice(open_corpus(source, text_field).stream(), limit))
 
 
 def plot(runs: list[Path | str], x: str = "tokens") -> views.LossCurves:

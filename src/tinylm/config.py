@@ -92,6 +92,9 @@ class DataConfig:
     val_fraction: float = setting(0.02, at_least=0, below=1)  # held out for early stopping
     test_fraction: float = setting(0.05, at_least=0, below=1)  # held out for `tinylm eval`
     hf_split: str = "train"  # hf: which split of the dataset
+    # hf: which configuration of a dataset that has several (wikitext: wikitext-103-raw-v1);
+    # hf:NAME:CONFIG says the same. None: the dataset's only one
+    hf_config: str | None = None
     text_field: str = "text"  # jsonl / parquet / hf: which field holds the document
 
     def check(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tinylm.config import RunConfig
 from tinylm.data.splits import TextData, WordData
-from tinylm.data.text import load_corpus
+from tinylm.data.text import open_corpus
 from tinylm.data.words import load_words
 from tinylm.errors import UserError
 from tinylm.evaluate import evaluate_text, evaluate_words, sample_novelty
@@ -156,9 +156,10 @@ class TextTask(Task):
     def evaluate(self, model, run_dir, data: str | None = None, samples: int = 0, seed: int = 0):
         """Bits per byte and the rest on the test documents (or on `data`)."""
         held = self.data.reload(run_dir, self.cfg)
-        if data:
-            docs = load_corpus(data, self.cfg.data.text_field, self.cfg.data.hf_split).documents
-        else:
+        if data:  # a source of its own, evaluated whole
+            d = self.cfg.data
+            docs = list(open_corpus(data, d.text_field, d.hf_split, d.hf_config).stream("reading"))
+        else:  # streamed: only the test documents are kept
             docs = held.documents("test")
             if not docs:
                 raise UserError(

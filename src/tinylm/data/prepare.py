@@ -5,6 +5,11 @@ starts with the end-of-text token as its context (as benchmark T evaluates). Ids
 when the vocabulary fits, uint32 otherwise. Files live under the cache folder
 ($TINYLM_CACHE, default ~/.cache/tinylm) in a folder named by a fingerprint of source,
 tokenizer and split, so a second run on the same data starts at once.
+
+The corpus is read in one pass (text.Corpus.stream) and tokenized a chunk of documents at a
+time (the tokenizers library encodes a chunk on every core), each document appended to its
+split's file as it comes: memory holds one chunk, whatever the corpus's size. The files are
+written beside their final names and renamed into place, the record (meta.json) last.
 """
 
 from __future__ import annotations
@@ -12,16 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from tinylm.data.text import Corpus, Splitter
 from tinylm.errors import UserError
 
-FORMAT = 1  # bump when the packed layout changes
-CHUNK_DOCS = 256  # documents per encode_batch call (the tokenizers library runs it in parallel)
+FORMAT = 2  # bump when the packed layout, or what meta.json records, changes
+# Characters per encode_batch call: enough for both cores to share (documents are a few KB to
+# 100 KB), little enough that a chunk's encodings stay in the tens of MB.
+CHUNK_CHARS = 1_000_000
+SPLITS = ("train", "val", "test")
 
 
 def cache_root() -> Path:
@@ -40,59 +49,115 @@ def fingerprint(*parts: str) -> str:
     return h.hexdigest()[:20]
 
 
-def pack_documents(docs, tokenizer, path: Path, desc: str = "tokenizing") -> int:
-    """Encode `docs` and write `<eos> doc <eos> doc ...` to `path`; return the token count."""
-    dtype = token_dtype(tokenizer.vocab_size)
-    eos = np.array([tokenizer.eos_id], dtype=dtype)
-    n_bytes = sum(len(d) for d in docs)
-    tmp = path.with_name(path.name + ".tmp")
-    total = 0
-    show = os.isatty(2) and n_bytes > 1_000_000
-    with (
-        open(tmp, "wb") as f,
-        tqdm(total=n_bytes, unit="B", unit_scale=True, desc=desc, disable=not show) as bar,
-    ):
-        for start in range(0, len(docs), CHUNK_DOCS):
-            chunk = docs[start : start + CHUNK_DOCS]
-            for ids in tokenizer.encode_batch(chunk):
-                f.write(eos.tobytes())
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
-                total += len(ids) + 1
-            bar.update(sum(len(d) for d in chunk))
-    os.replace(tmp, path)
-    return total
+class Packer:
+    """The split files being written: temporary files beside their final names until
+    `commit` renames them into place (or `discard` removes them)."""
+
+    def __init__(self, folder: Path, tokenizer):
+        self.folder, self.tokenizer = folder, tokenizer
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.eos = np.array([tokenizer.eos_id], dtype=self.dtype).tobytes()
+        self.files = {}
+        for name in SPLITS:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.bin.", suffix=".tmp", dir=folder)
+            self.files[name] = (os.fdopen(fd, "wb"), Path(tmp))
+        self.tokens = dict.fromkeys(SPLITS, 0)
+        self.bytes = 0
+        self.last_train: tuple[int, bytes] | None = None  # (offset, its tokens' bytes)
+
+    def add(self, docs: list[str], splitter: Splitter) -> None:
+        """Encode a chunk of documents (in parallel) and append each to its split's file."""
+        if not docs:
+            return
+        encodings = self.tokenizer.tok.encode_batch_fast(docs, add_special_tokens=False)
+        for doc, enc in zip(docs, encodings, strict=True):
+            name, _, n_bytes = splitter.assign(doc)
+            data = np.asarray(enc.ids, dtype=self.dtype).tobytes()
+            f = self.files[name][0]
+            if name == "train":
+                self.last_train = (f.tell(), data)
+            f.write(self.eos)
+            f.write(data)
+            self.tokens[name] += len(enc.ids) + 1
+            self.bytes += n_bytes
+
+    def move_last_train_to_val(self) -> None:
+        """The tiny-corpus rule (text.Splitter.finish), applied to the files."""
+        offset, data = self.last_train
+        train = self.files["train"][0]
+        train.truncate(offset)
+        train.seek(offset)
+        self.files["val"][0].write(self.eos + data)
+        n = len(data) // np.dtype(self.dtype).itemsize + 1
+        self.tokens["train"] -= n
+        self.tokens["val"] += n
+
+    def commit(self) -> None:
+        for name, (f, tmp) in self.files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.folder / f"{name}.bin")
+
+    def discard(self) -> None:
+        for f, tmp in self.files.values():
+            f.close()
+            tmp.unlink(missing_ok=True)
 
 
-def prepare_tokens(corpus, split: dict[str, list[int]], tokenizer, key: str) -> dict:
+def pack_corpus(corpus: Corpus, fractions: tuple[float, float], tokenizer, folder: Path) -> dict:
+    """One pass: every document to its split's file; returns the record for meta.json."""
+    t0 = time.perf_counter()
+    splitter, packer = Splitter(*fractions), Packer(folder, tokenizer)
+    try:
+        chunk, chars = [], 0
+        for doc in corpus.stream("tokenizing"):
+            chunk.append(doc)
+            chars += len(doc)
+            if chars >= CHUNK_CHARS:
+                packer.add(chunk, splitter)
+                chunk, chars = [], 0
+        packer.add(chunk, splitter)
+        if splitter.finish() is not None:
+            packer.move_last_train_to_val()
+        packer.commit()
+    except BaseException:
+        packer.discard()
+        raise
+    seconds = time.perf_counter() - t0
+    return {
+        "dir": str(folder),
+        "dtype": np.dtype(packer.dtype).name,
+        "tokens": packer.tokens,
+        "bytes": packer.bytes,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(packer.bytes / 1e6 / max(seconds, 1e-9), 2),
+        "split": splitter.record(),
+    }
+
+
+def prepare_tokens(corpus: Corpus, fractions: tuple[float, float], tokenizer, key: str) -> dict:
     """Packed token files for each split, from the cache when `key` was prepared before.
 
-    Returns {"dir": folder, "dtype": ..., "tokens": {split: count}, "seconds": ..., "mb_per_s"}.
+    Returns {"dir": folder, "dtype": ..., "tokens": {split: count}, "bytes", "seconds",
+    "mb_per_s", "split": the split's record (text.Splitter.record), "cached": ...}.
     """
     folder = cache_root() / "tokens" / key
     meta_path = folder / "meta.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if all((folder / f"{name}.bin").is_file() for name in meta["tokens"]):
-            meta["cached"] = True
-            return meta
+        try:
+            meta = json.loads(meta_path.read_text())
+            if all((folder / f"{name}.bin").is_file() for name in meta["tokens"]):
+                meta["cached"] = True
+                return meta
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is prepared again
     folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    counts, n_bytes = {}, 0
-    for name, ids in split.items():
-        docs = [corpus.documents[i] for i in ids]
-        n_bytes += sum(len(d.encode("utf-8")) for d in docs)
-        counts[name] = pack_documents(docs, tokenizer, folder / f"{name}.bin", f"tokenizing {name}")
-    seconds = time.perf_counter() - t0
-    meta = {
-        "dir": str(folder),
-        "dtype": np.dtype(token_dtype(tokenizer.vocab_size)).name,
-        "tokens": counts,
-        "bytes": n_bytes,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 2),
-    }
-    tmp = meta_path.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
+    meta = pack_corpus(corpus, fractions, tokenizer, folder)
+    fd, tmp = tempfile.mkstemp(prefix=".meta.json.", suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta, indent=2))
     os.replace(tmp, meta_path)
     meta["cached"] = False
     return meta

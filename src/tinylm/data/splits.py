@@ -25,7 +25,14 @@ from tinylm import atomic
 from tinylm.config import RunConfig
 from tinylm.data.batching import TokenWindows
 from tinylm.data.prepare import cache_root, fingerprint, open_tokens, prepare_tokens
-from tinylm.data.text import Corpus, load_corpus, split_documents
+from tinylm.data.text import (
+    SAMPLE_CHARS,
+    Corpus,
+    Splitter,
+    open_corpus,
+    split_documents_of,
+    training_sample,
+)
 from tinylm.data.words import SPLIT_SEED, load_words, split_words
 from tinylm.errors import UserError
 from tinylm.tokenizer import RULES, Tokenizer, train_tokenizer
@@ -93,14 +100,16 @@ class WordData:
 
 
 class TextData:
-    """Documents from a corpus, split by a hash of their text (text.split_documents); the run
-    directory records the corpus's fingerprint and the held-out documents' indices."""
+    """Documents from a corpus, split by a hash of their text (text.Splitter) as the corpus is
+    streamed; the run directory records the corpus's fingerprint, the split's counts and the
+    held-out documents' indices."""
 
     unit = "tokens"
 
-    def __init__(self, cfg: RunConfig, corpus: Corpus, split: dict[str, list[int]]):
-        self.cfg, self.corpus, self.split = cfg, corpus, split
+    def __init__(self, cfg: RunConfig, corpus: Corpus, saved: dict | None = None):
+        self.cfg, self.corpus, self.saved = cfg, corpus, saved
         self.source = cfg.data.source
+        self.split: dict | None = None  # the split's record, once the tokens are prepared
 
     @staticmethod
     def batch_split(cfg: RunConfig, world_size: int = 1) -> tuple[int, int]:
@@ -134,16 +143,12 @@ class TextData:
 
     @classmethod
     def new(cls, cfg: RunConfig) -> TextData:
-        corpus = load_corpus(cfg.data.source, cfg.data.text_field, cfg.data.hf_split)
-        return cls(
-            cfg,
-            corpus,
-            split_documents(corpus.documents, cfg.data.val_fraction, cfg.data.test_fraction),
-        )
+        d = cfg.data
+        return cls(cfg, open_corpus(d.source, d.text_field, d.hf_split, d.hf_config))
 
     @classmethod
     def reload(cls, run_dir, cfg: RunConfig) -> TextData:
-        """The corpus and its split again, checked to be the data the run was trained on."""
+        """The corpus again, checked to be the data the run was trained on."""
         data = cls.new(cfg)
         record = run_dir.read_json("split/split.json") or {}
         if record.get("fingerprint") not in (None, data.corpus.fingerprint):
@@ -151,49 +156,65 @@ class TextData:
                 f"The data at {cfg.data.source} changed since {run_dir.path} was trained on "
                 "it; its split would not be the same."
             )
+        data.saved = {"path": run_dir.path, "counts": record.get("counts")}
         return data
 
+    @property
+    def fractions(self) -> tuple[float, float]:
+        return self.cfg.data.val_fraction, self.cfg.data.test_fraction
+
     def documents(self, name: str) -> list[str]:
-        return [self.corpus.documents[i] for i in self.split[name]]
+        """The documents of one split, streamed from the corpus (only they are kept)."""
+        return split_documents_of(self.corpus, name, *self.fractions)
 
     @property
     def key(self) -> str:
-        """The split is a function of the corpus and the fractions; so is all cached from it."""
+        """The split is a function of the corpus, its text field and the fractions; so is all
+        cached from it."""
         d = self.cfg.data
-        return f"{self.corpus.fingerprint}/{d.val_fraction}/{d.test_fraction}"
+        return f"{self.corpus.fingerprint}/{d.text_field}/{d.val_fraction}/{d.test_fraction}"
 
     def build_tokenizer(self, cfg: RunConfig) -> tuple[Tokenizer, float]:
-        """Trained on the training documents once per (data, kind, size), then cached;
-        returns it and the seconds spent training it (0 when it came from the cache)."""
+        """Trained on a sample of the training documents (text.SAMPLE_CHARS) once per (data,
+        kind, size), then cached; returns it and the seconds spent sampling and training it
+        (0 when it came from the cache)."""
         kind, size = cfg.tokenizer.kind, cfg.tokenizer.vocab_size
-        folder = cache_root() / "tokenizers" / fingerprint(self.key, kind, RULES[kind], str(size))
+        parts = (self.key, kind, RULES[kind], str(size), f"sample{SAMPLE_CHARS}")
+        folder = cache_root() / "tokenizers" / fingerprint(*parts)
         if (folder / "tokenizer.json").is_file():
             return Tokenizer.load(folder, kind), 0.0
         t0 = time.perf_counter()
-        tokenizer = train_tokenizer(kind, self.documents("train"), size)
+        tokenizer = train_tokenizer(kind, training_sample(self.corpus, *self.fractions), size)
         seconds = time.perf_counter() - t0
         folder.mkdir(parents=True, exist_ok=True)
         atomic.replace_files(folder, tokenizer.save)
         return tokenizer, seconds
 
     def save(self, run_dir) -> None:
+        """Record the split (after `tokens`, which finds it)."""
         run_dir.write_json(
             "split/split.json",
             {
                 "source": self.source,
                 "fingerprint": self.corpus.fingerprint,
-                "rule": "by document: SHA-1 of its text, as a fraction of 2**64, below "
-                "test_fraction -> test, below test_fraction + val_fraction -> val",
-                "counts": {name: len(ids) for name, ids in self.split.items()},
-                "val": self.split["val"],
-                "test": self.split["test"],
+                "rule": Splitter.RULE,
+                **self.split,
             },
         )
 
     def tokens(self, tokenizer: Tokenizer) -> dict:
         """The packed token files of every split (data/prepare.py), from the cache if there."""
         key = fingerprint(self.key, tokenizer.tok.to_str())
-        return prepare_tokens(self.corpus, self.split, tokenizer, key)
+        meta = prepare_tokens(self.corpus, self.fractions, tokenizer, key)
+        self.split = meta["split"]
+        saved = (self.saved or {}).get("counts")
+        if saved and saved != self.split["counts"]:
+            raise UserError(
+                f"The documents of {self.source} split differently from when "
+                f"{self.saved['path']} was trained on them ({saved} then, "
+                f"{self.split['counts']} now); train a new run."
+            )
+        return meta
 
     def batches(self, cfg: RunConfig, tokenizer, word_batches, per_rank: int, micro: int):
         meta = self.tokens(tokenizer)

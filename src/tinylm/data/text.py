@@ -1,183 +1,245 @@
-"""Text sources for the text generator: documents from the Hugging Face hub or local files.
+"""Text corpora for the text generator: local files (files.py) or a hub dataset (hub.py),
+read as a stream of documents, never held whole, and split by document.
 
-A source is `hf:NAME` (through `datasets`), a .txt / .jsonl / .json / .parquet file, a folder
-(searched recursively for those), or a glob. Every source becomes a list of documents; a .txt
-file is cut into ~16,000-character documents at paragraph boundaries so that even one long file
-can be split by document. Documents are split into train / val / test by a hash of their text:
-deterministic, independent of order, and never by overlapping windows.
+A corpus is opened once (`open_corpus`: which files or dataset, and its fingerprint, which
+changes whenever its content does) and then read in passes (`Corpus.stream`), each from the
+start: one to sample the tokenizer's training text, one to tokenize, one to find the test
+documents. Documents are split into train / val / test by a hash of their text: deterministic,
+independent of order, and never by overlapping windows (`Splitter`).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
+import heapq
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from tinylm.data.files import (
+    BLOCK,
+    TXT_PIECE,
+    Tally,
+    check_text,
+    cut_stream,
+    local_files,
+    text_blocks,
+    warn,
+)
+from tinylm.data.hub import HubDataset
+from tinylm.data.records import (
+    is_json_array,
+    json_array_documents,
+    jsonl_documents,
+    parquet_documents,
+)
 from tinylm.errors import UserError
 
-EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
-TXT_PIECE = 16_000  # characters per document when cutting a .txt file
+# The tokenizer's training text: at most this many characters of training documents. On the
+# 25 MB development corpus (a sample by document hash, 2 CPU cores) a BPE tokenizer of 4,096
+# stops gaining at ~8 MB (292.5 against 295.1 tokens per KB of held-out text at 2 MB) and takes
+# 2.7 s and 60 MB there, 11 s and 140 MB on all 25; the word tokenizer keeps gaining (its <UNK>
+# share of held-out bytes 9.6 % at 8 MB, 9.2 % at 16, 9.1 % at 25: 8 bits each) for 1-5 s.
+# 32 M keeps every corpus up to the development one whole (the same tokenizers as before) and
+# bounds a larger corpus's cost at ~15 s and ~200 MB, whatever its size.
+SAMPLE_CHARS = 32_000_000
 
 
-@dataclass
+class LocalFiles:
+    """A file, a folder or a glob; the fingerprint hashes every byte (as tinylm always has)."""
+
+    def __init__(self, source: str, field: str):
+        self.files, self.field = local_files(source), field
+        self.single_file = len(self.files) == 1 and Path(source).is_file()
+        self.size = sum(p.stat().st_size for p in self.files)
+        digest = hashlib.sha256()
+        for path in self.files:
+            file_digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(BLOCK):
+                    file_digest.update(block)
+            digest.update(file_digest.digest())
+        self.fingerprint = digest.hexdigest()[:16]
+        self.description = f"{len(self.files)} file(s) from {source}"
+
+    def read(self, tally: Tally) -> Iterator[str]:
+        for path in self.files:
+            yield from self.read_file(path, tally)
+
+    def read_file(self, path: Path, tally: Tally) -> Iterator[str]:
+        """The documents of one file in order (empty ones too: the corpus drops them)."""
+        if path.stat().st_size == 0:
+            tally.skip("files", "that are empty", path)
+            return
+        tally.count("files")
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            yield from parquet_documents(path, self.field, tally)
+            return
+        check_text(path)
+        if suffix == ".txt":
+            yield from cut_stream(text_blocks(path, tally))
+        elif suffix == ".json" and is_json_array(path):
+            yield from json_array_documents(path, self.field, tally)
+        else:
+            yield from jsonl_documents(path, self.field, tally)
+
+
 class Corpus:
-    documents: list[str]
-    fingerprint: str  # changes whenever the content changes
-    description: str
+    """An opened source: `fingerprint`, `description`, and passes over its documents."""
+
+    def __init__(self, source: str, reader: LocalFiles | HubDataset):
+        self.source, self.reader = source, reader
+        self.fingerprint, self.description = reader.fingerprint, reader.description
+        self.warned = False
+
+    def stream(self, desc: str | None = None) -> Iterator[str]:
+        """Every non-empty document, in order, read from the start. What the pass skipped is
+        said once a corpus (one line a reason) when it ends; a corpus with no text is refused.
+        `desc`: show a progress bar (on a terminal, for more than 1 MB)."""
+        tally = Tally(self.source, self.reader.single_file)
+        size = self.reader.size
+        show = bool(desc) and os.isatty(2) and (size is None or size > 1_000_000)
+        unit = {"unit": "B", "unit_scale": True, "unit_divisor": 1000}
+        found = False
+        with tqdm(total=size, desc=desc, disable=not show, **unit) as bar:
+            for doc in self.reader.read(tally):
+                bar.update(tally.done - bar.n)
+                if doc.strip():
+                    found = True
+                    yield doc
+        if not found:
+            raise UserError(f"{self.source} holds no text (no non-empty documents).")
+        if not self.warned:
+            self.warned = True
+            for line in tally.warnings():
+                warn(line)
 
 
-def load_corpus(source: str, text_field: str = "text", hf_split: str = "train") -> Corpus:
+def open_corpus(
+    source: str, text_field: str = "text", hf_split: str = "train", hf_config: str | None = None
+) -> Corpus:
     if source.startswith("hf:"):
-        return _load_hub(source[3:], text_field, hf_split)
-    files = _local_files(source)
-    docs: list[str] = []
-    digest = hashlib.sha256()
-    for path in files:
-        data = path.read_bytes()
-        digest.update(hashlib.sha256(data).digest())
-        docs.extend(_read_file(path, data, text_field))
-    docs = [d for d in docs if d.strip()]
-    if not docs:
-        raise UserError(f"{source} holds no text (no non-empty documents).")
-    return Corpus(docs, digest.hexdigest()[:16], f"{len(files)} file(s) from {source}")
-
-
-def _local_files(source: str) -> list[Path]:
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-        if not files:
-            raise UserError(f"Folder {path} has no {', '.join(EXTENSIONS)} files.")
-        return files
-    if path.is_file():
-        if path.suffix.lower() not in EXTENSIONS:
-            raise UserError(f"{path}: unsupported file type; use one of {', '.join(EXTENSIONS)}.")
-        return [path]
-    if any(c in source for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(source, recursive=True))
-        files = [p for p in files if p.is_file() and p.suffix.lower() in EXTENSIONS]
-        if not files:
-            raise UserError(f"No {', '.join(EXTENSIONS)} file matches {source}.")
-        return files
-    raise UserError(f"Data source {source} does not exist (give a file, folder, glob or hf:NAME).")
-
-
-def _decode(path: Path, data: bytes) -> str:
-    if b"\x00" in data[:65536]:
-        raise UserError(f"{path} looks binary; give UTF-8 text.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text.") from None
-
-
-def _read_file(path: Path, data: bytes, field: str) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq  # 0.3 s to import, for parquet files only
-
-        try:
-            table = pq.read_table(path, columns=[field])
-        except Exception as e:
-            raise UserError(f"{path}: cannot read the column '{field}' ({e}).") from None
-        return [t for t in table.column(field).to_pylist() if isinstance(t, str)]
-    text = _decode(path, data)
-    if suffix == ".txt":
-        return cut_text(text)
-    rows = []
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e}).") from None
-    else:
-        # Newlines only: str.splitlines() also cuts at U+2028, U+2029 and U+0085, which a
-        # JSON string may hold unescaped.
-        for n, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{path}, line {n}: not a JSON object.") from None
-    docs = [r.get(field) for r in rows if isinstance(r, dict)]
-    if rows and not any(isinstance(d, str) for d in docs):
-        raise UserError(f"{path}: no '{field}' field with text (choose it with data.text_field).")
-    return [d for d in docs if isinstance(d, str)]
+        return Corpus(source, HubDataset(source, hf_config, hf_split, text_field))
+    return Corpus(source, LocalFiles(source, text_field))
 
 
 def cut_text(text: str, size: int = TXT_PIECE) -> list[str]:
-    """Cut at blank lines into pieces of about `size` characters (a short text stays whole)."""
-    pieces, current, length = [], [], 0
-    for para in text.split("\n\n"):
-        if length and length + len(para) > size:
-            pieces.append("\n\n".join(current))
-            current, length = [], 0
-        current.append(para)
-        length += len(para) + 2
-    if current:
-        pieces.append("\n\n".join(current))
-    return pieces
+    """A whole text cut as a .txt file is (files.cut_stream)."""
+    return list(cut_stream([text], size))
 
 
-def _load_hub(name: str, field: str, split: str) -> Corpus:
-    """A dataset from the Hugging Face hub; fails within seconds when the hub is unreachable."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ) not in ("", "0")
-    if not offline:
-        # imported here: huggingface_hub's errors bring httpx, 0.3 s that only hub sources need
-        import huggingface_hub
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+class Splitter:
+    """Each document of a pass to its split, as it comes: by the SHA-1 of its text as a
+    fraction of 2**64, below test_fraction -> test, below test_fraction + val_fraction -> val,
+    else train. A corpus with no val document still holds one out: `finish` moves the last
+    training document to val. Records the counts and the held-out documents' indices."""
 
-        try:
-            huggingface_hub.dataset_info(name, timeout=10)
-        except RepositoryNotFoundError:
-            raise UserError(f"There is no dataset '{name}' on the Hugging Face hub.") from None
-        except HfHubHTTPError as e:
-            raise UserError(f"The Hugging Face hub refused '{name}' ({_first_line(e)}).") from None
-        except Exception:
-            raise UserError(
-                f"Cannot reach the Hugging Face hub to fetch '{name}' (offline?); set "
-                "HF_HUB_OFFLINE=1 to use a cached copy, or give a local file or folder with --data."
-            ) from None
-    import datasets  # 1.5 s to import, for hub sources only
+    RULE = (
+        "by document: SHA-1 of its text, as a fraction of 2**64, below test_fraction -> test, "
+        "below test_fraction + val_fraction -> val; with no val document, the last train one"
+    )
 
-    datasets.disable_progress_bars() if not os.isatty(2) else None
-    try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise UserError(f"Cannot load '{name}' split '{split}' ({_first_line(e)}).") from None
-    if field not in ds.column_names:
-        raise UserError(
-            f"'{name}' has no field '{field}' (it has {', '.join(ds.column_names)}); "
-            "choose one with data.text_field."
-        )
-    docs = [t for t in ds[field] if isinstance(t, str) and t.strip()]
-    if not docs:
-        raise UserError(f"'{name}' holds no text in '{field}'.")
-    return Corpus(docs, f"hf-{ds._fingerprint}", f"{len(docs):,} documents of hf:{name}")
+    def __init__(self, val_fraction: float, test_fraction: float):
+        self.test, self.val = test_fraction, test_fraction + val_fraction
+        self.counts = {"train": 0, "val": 0, "test": 0}
+        self.held: dict[str, list[int]] = {"val": [], "test": []}
+        self.n, self.last_train = 0, -1
 
+    def assign(self, doc: str) -> tuple[str, bytes, int]:
+        """(split, the rest of the hash for sampling, the document's UTF-8 bytes)."""
+        data = doc.encode("utf-8")
+        digest = hashlib.sha1(data).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        name = "test" if u < self.test else "val" if u < self.val else "train"
+        if name == "train":
+            self.last_train = self.n
+        else:
+            self.held[name].append(self.n)
+        self.counts[name] += 1
+        self.n += 1
+        return name, digest[8:16], len(data)
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    def finish(self) -> int | None:
+        """End of the pass: the index of the training document moved to val, if one was."""
+        moved = None
+        if not self.counts["val"] and self.n >= 2 and self.counts["train"]:
+            moved = self.last_train
+            self.held["val"].append(moved)
+            self.counts["train"] -= 1
+            self.counts["val"] += 1
+        if not self.counts["train"]:
+            raise UserError("The corpus is too small to split; give more than one document.")
+        return moved
+
+    def record(self) -> dict:
+        return {"counts": dict(self.counts), **{k: list(v) for k, v in self.held.items()}}
 
 
 def split_documents(
     docs: list[str], val_fraction: float, test_fraction: float
 ) -> dict[str, list[int]]:
-    """Indices of the documents in each split, chosen by a hash of each document's text."""
-    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for i, doc in enumerate(docs):
-        u = int.from_bytes(hashlib.sha1(doc.encode("utf-8")).digest()[:8], "big") / 2**64
-        name = (
-            "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
-        )
-        out[name].append(i)
-    if not out["val"] and len(docs) >= 2:  # tiny corpora: still hold one document out
-        out["val"].append(out["train"].pop())
-    if not out["train"]:
-        raise UserError("The corpus is too small to split; give more than one document.")
-    return out
+    """Indices of the documents in each split (the Splitter's rule, on a list)."""
+    splitter = Splitter(val_fraction, test_fraction)
+    names = [splitter.assign(doc)[0] for doc in docs]
+    moved = splitter.finish()
+    if moved is not None:
+        names[moved] = "val"
+    return {k: [i for i, n in enumerate(names) if n == k] for k in ("train", "val", "test")}
+
+
+class Sample:
+    """A bounded sample of the training documents: those with the smallest hash (an order-free,
+    uniform choice) up to `limit` characters, given back in corpus order (a corpus that fits
+    gives every training document, in the order a tokenizer always saw them)."""
+
+    def __init__(self, limit: int = SAMPLE_CHARS):
+        self.limit, self.chars = limit, 0
+        self.heap: list[tuple[int, int, str]] = []  # (-key, index, document): largest key first
+
+    def add(self, key: bytes, index: int, doc: str) -> None:
+        heapq.heappush(self.heap, (-int.from_bytes(key, "big"), index, doc))
+        self.chars += len(doc)
+        while self.chars > self.limit and len(self.heap) > 1:
+            self.chars -= len(heapq.heappop(self.heap)[2])
+
+    def drop(self, index: int) -> None:
+        self.heap = [entry for entry in self.heap if entry[1] != index]
+        heapq.heapify(self.heap)
+        self.chars = sum(len(entry[2]) for entry in self.heap)
+
+    def documents(self) -> list[str]:
+        return [doc for _, _, doc in sorted(self.heap, key=lambda entry: entry[1])]
+
+
+def training_sample(corpus: Corpus, val_fraction: float, test_fraction: float) -> list[str]:
+    """The tokenizer's training text: one pass over the corpus (SAMPLE_CHARS says why)."""
+    splitter, sample = Splitter(val_fraction, test_fraction), Sample()
+    for i, doc in enumerate(corpus.stream("sampling")):
+        name, key, _ = splitter.assign(doc)
+        if name == "train":
+            sample.add(key, i, doc)
+    moved = splitter.finish()
+    if moved is not None:
+        sample.drop(moved)
+    return sample.documents()
+
+
+def split_documents_of(corpus: Corpus, name: str, val_fraction: float, test_fraction: float):
+    """The documents of one split, in order, from one pass (evaluation reads the test split)."""
+    splitter, docs = Splitter(val_fraction, test_fraction), []
+    last_train = None
+    for doc in corpus.stream("reading"):
+        split = splitter.assign(doc)[0]
+        if split == "train":
+            last_train = doc
+        if split == name:
+            docs.append(doc)
+    if splitter.finish() is not None:
+        if name == "val":
+            docs.append(last_train)
+        elif name == "train":
+            docs.pop()
+    return docs
