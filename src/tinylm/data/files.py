@@ -117,14 +117,16 @@ def text_blocks(path: Path, tally: Tally) -> Iterator[str]:
         while data := f.read(BLOCK):
             whole = decoder.getstate()[0] + data  # with a character cut at the last block's end
             try:
-                yield decoder.decode(data)
+                text = decoder.decode(data)
             except UnicodeDecodeError:
                 at = _first_bad(whole)
                 raise bad_byte(path, lines + whole.count(b"\n", 0, at) + 1, whole[at]) from None
             lines += data.count(b"\n")
             tally.done += len(data)
+            if text:
+                yield text
         try:
-            yield decoder.decode(b"", final=True)
+            decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise bad_byte(path, lines + 1, None) from None
 

@@ -102,7 +102,8 @@ class JsonArray:
 
     def __init__(self, path: Path, blocks: Iterator[str]):
         self.path, self.blocks, self.decoder = path, blocks, json.JSONDecoder()
-        self.buf, self.pos, self.line = "", 0, 1  # line: the line buf[0] is on
+        self.buf, self.pos = "", 0
+        self.line, self.column = 1, 0  # where buf[0] is in the file (line from 1, column from 0)
 
     def records(self) -> Iterator:
         self.expect("[", "expecting '['")
@@ -121,7 +122,7 @@ class JsonArray:
         block = next(self.blocks, None)
         if block is None:
             return False
-        self.line += self.buf.count("\n", 0, self.pos)
+        self.line, self.column = self.where(self.pos)
         self.buf, self.pos = self.buf[self.pos :] + block, 0
         return True
 
@@ -156,11 +157,18 @@ class JsonArray:
             self.pos = end
             return value
 
+    def where(self, at: int) -> tuple[int, int]:
+        """(line, column from 0) of buf[at] in the file."""
+        newline = self.buf.rfind("\n", 0, at)
+        if newline < 0:
+            return self.line, self.column + at
+        return self.line + self.buf.count("\n", 0, at), at - newline - 1
+
     def error(self, what: str, at: int | None = None) -> UserError:
-        at = self.pos if at is None else at
-        line = self.line + self.buf.count("\n", 0, at)
-        column = at - self.buf.rfind("\n", 0, at)
-        return UserError(f"{self.path} is not valid JSON (line {line}, column {column}: {what}).")
+        line, column = self.where(self.pos if at is None else at)
+        return UserError(
+            f"{self.path} is not valid JSON (line {line}, column {column + 1}: {what})."
+        )
 
 
 def parquet_documents(path: Path, field: str, tally: Tally) -> Iterator[str]:

@@ -195,8 +195,8 @@ class Sample:
     uniform choice) up to `limit` characters, given back in corpus order (a corpus that fits
     gives every training document, in the order a tokenizer always saw them)."""
 
-    def __init__(self, limit: int = SAMPLE_CHARS):
-        self.limit, self.chars = limit, 0
+    def __init__(self, limit: int | None = None):
+        self.limit, self.chars = limit or SAMPLE_CHARS, 0
         self.heap: list[tuple[int, int, str]] = []  # (-key, index, document): largest key first
 
     def add(self, key: bytes, index: int, doc: str) -> None:
