@@ -179,3 +179,234 @@ def test_jsonl_is_split_on_newlines_only(tmp_path):
     path.write_text("\r\n".join(rows[:2]) + "\r\n" + "\n".join(rows[2:]) + "\n", newline="")
     assert "\u2028" in path.read_text()  # written raw, not escaped
     assert documents(str(path)) == docs
+
+
+# --- streaming: the same as reading the whole corpus ------------------------------------------
+
+
+def whole_corpus_reference(folder, val_fraction, test_fraction):
+    """What tinylm did before it streamed, written out independently: every document in
+    memory (files sorted; .jsonl / .json / .parquet records, .txt cut at blank lines), split by
+    the SHA-1 of its text, the last training document held out when no document went to val."""
+    import hashlib
+
+    docs = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".jsonl":
+            docs += [json.loads(line)["text"] for line in path.read_text().splitlines()]
+        elif path.suffix == ".json":
+            docs += [r["text"] for r in json.loads(path.read_text())]
+        elif path.suffix == ".parquet":
+            docs += pq.read_table(path).column("text").to_pylist()
+        elif path.suffix == ".txt":  # paragraphs joined up to 16,000 characters
+            pieces, current, length = [], [], 0
+            for para in path.read_text().split("\n\n"):
+                if length and length + len(para) > 16_000:
+                    pieces.append("\n\n".join(current))
+                    current, length = [], 0
+                current.append(para)
+                length += len(para) + 2
+            docs += [*pieces, "\n\n".join(current)]
+    docs = [d for d in docs if d.strip()]
+    split = {"train": [], "val": [], "test": []}
+    for doc in docs:
+        u = int.from_bytes(hashlib.sha1(doc.encode()).digest()[:8], "big") / 2**64
+        name = (
+            "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+        )
+        split[name].append(doc)
+    if not split["val"]:
+        split["val"].append(split["train"].pop())
+    return split
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_streaming_gives_the_split_tokenizer_and_tokens_of_the_whole_corpus(
+    tmp_path, monkeypatch, kind
+):
+    """Read in blocks of 64 bytes and tokenized in chunks of 2,000 characters, every format
+    gives the documents, split, tokenizer and packed tokens of reading it whole (the code
+    before streaming, written out in whole_corpus_reference)."""
+    import numpy as np
+
+    from tinylm.data import files, splits
+    from tinylm.tokenizer import train_tokenizer
+
+    docs = synthetic_documents(60, 30, seed=4) + synthetic_documents(100, 60, seed=5)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:20]))
+    (folder / "b.json").write_text(json.dumps([{"text": d} for d in docs[20:35]]))
+    pq.write_table(pa.table({"text": docs[35:50]}), folder / "c.parquet")
+    (folder / "d.txt").write_text("\n\n".join(docs[50:]))  # ~27,000 characters: 2 pieces
+    monkeypatch.setattr(files, "BLOCK", 64)
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 2000)
+
+    extra = [*TINY_TEXT_MODEL, f"tokenizer.kind={kind}", "tokenizer.vocab_size=300"]
+    cfg = tiny_config("pile-bpe", data=folder, extra=extra)
+    data = splits.TextData.new(cfg)
+    tokenizer, _ = data.build_tokenizer(cfg)
+    meta = data.tokens(tokenizer)
+
+    ref = whole_corpus_reference(folder, 0.1, 0.1)
+    assert data.documents("test") == ref["test"] and data.documents("val") == ref["val"]
+    assert data.split["counts"] == {k: len(v) for k, v in ref.items()}
+    assert tokenizer.tok.to_str() == train_tokenizer(kind, ref["train"], 300).tok.to_str()
+    for name, part in ref.items():
+        want = [i for doc in part for i in (tokenizer.eos_id, *tokenizer.encode(doc))]
+        assert prepare.open_tokens(meta, name).tolist() == want, name
+        assert meta["tokens"][name] == len(want)
+    assert prepare.open_tokens(meta, "train").dtype == np.uint16
+
+
+def test_the_tiny_corpus_rule_moves_the_last_training_document_in_the_files(tmp_path):
+    from tinylm.data.splits import TextData
+
+    path = tmp_path / "three.jsonl"
+    docs = ["alpha beta gamma " * 20, "delta epsilon " * 30, "zeta eta theta " * 25]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = tiny_config("pile-word", data=path, extra=[*TINY_TEXT_MODEL, "data.val_fraction=0.0"])
+    cfg.data.test_fraction = 0.0
+    data = TextData.new(cfg)
+    tokenizer, _ = data.build_tokenizer(cfg)
+    meta = data.tokens(tokenizer)
+    assert data.split["counts"] == {"train": 2, "val": 1, "test": 0} and data.split["val"] == [2]
+    val = prepare.open_tokens(meta, "val").tolist()
+    assert val == [tokenizer.eos_id, *tokenizer.encode(docs[2])]
+    train = prepare.open_tokens(meta, "train").tolist()
+    assert train == [t for d in docs[:2] for t in (tokenizer.eos_id, *tokenizer.encode(d))]
+    assert data.documents("val") == docs[2:] and data.documents("train") == docs[:2]
+
+
+def test_the_tokenizer_sample_is_bounded_uniform_and_order_free(tmp_path, monkeypatch):
+    from tinylm.data import text
+
+    docs = synthetic_documents(300, 20, seed=6)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    b.write_text("".join(json.dumps({"text": d}) + "\n" for d in reversed(docs)))
+    limit = sum(len(d) for d in docs) // 4
+    monkeypatch.setattr(text, "SAMPLE_CHARS", limit)
+    sample = text.training_sample(open_corpus(str(a)), 0.1, 0.1)
+    assert limit - max(map(len, docs)) < sum(map(len, sample)) <= limit
+    train = split_documents(docs, 0.1, 0.1)["train"]
+    assert set(sample) < {docs[i] for i in train}
+    assert sample == [d for d in docs if d in set(sample)]  # in corpus order
+    assert sorted(text.training_sample(open_corpus(str(b)), 0.1, 0.1)) == sorted(sample)
+    monkeypatch.setattr(text, "SAMPLE_CHARS", 10**9)  # a corpus that fits: every train doc
+    assert text.training_sample(open_corpus(str(a)), 0.1, 0.1) == [docs[i] for i in train]
+
+
+def test_txt_documents_do_not_depend_on_where_blocks_end():
+    from tinylm.data.files import cut_stream
+
+    lines = "\n".join(["one line"] * 400)  # 3,599 characters without a blank line
+    paragraphs = synthetic_documents(30, 15, seed=8)
+    text = "\n\n".join([*paragraphs, lines, "x" * 700, "end"])
+    whole = list(cut_stream([text], 500))
+    for size in (1, 7, 64, 499, 501, 5000):
+        blocks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(cut_stream(blocks, 500)) == whole
+    assert all(len(d) <= 500 for d in whole if "\n\n" not in d)
+    # a paragraph longer than a piece is cut after a line end (55 lines are 494 characters),
+    # or with no line end every 500 characters; what is left of it starts the next document
+    start = whole.index("\n".join(["one line"] * 55))
+    assert whole[start:] == [
+        *["\n".join(["one line"] * 55)] * 7,
+        "\n".join(["one line"] * 15),
+        "x" * 500,
+        "x" * 200 + "\n\nend",
+    ]
+    assert "\n\n".join(whole[:start]) == "\n\n".join(paragraphs)
+
+
+def test_a_corpus_changed_since_training_is_refused(tmp_path, text_file, capsys):
+    from tinylm.cli import main
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(text_file.read_bytes())
+    extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300"]
+    run, _ = train_run(tiny_config("pile-bpe", data=path, steps=1, extra=extra), tmp_path / "r")
+    with open(path, "a") as f:
+        f.write(json.dumps({"text": "one more document"}) + "\n")
+    assert main(["eval", str(run.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"tinylm: The data at {path} changed since {run.path} was trained on it; its split "
+        "would not be the same."
+    )
+
+
+# --- hub datasets: hf:NAME:CONFIG, and a populated local cache offline ------------------------
+
+
+def test_hf_name_and_configuration():
+    from tinylm.config import RunConfig
+    from tinylm.data.hub import parse
+
+    assert parse("hf:NeelNanda/pile-10k", None) == ("NeelNanda/pile-10k", None)
+    assert parse("hf:wikitext:wikitext-103-raw-v1", None) == ("wikitext", "wikitext-103-raw-v1")
+    assert parse("hf:wikitext", "wikitext-2-raw-v1") == ("wikitext", "wikitext-2-raw-v1")
+    assert parse("hf:wikitext:a", "a") == ("wikitext", "a")
+    with pytest.raises(UserError, match="names the configuration 'a' and data.hf_config is 'b'"):
+        parse("hf:wikitext:a", "b")
+    with pytest.raises(UserError, match="names no dataset"):
+        parse("hf::a", None)
+    cfg = RunConfig.from_dict({"task": "text", "tokenizer": {"kind": "bpe"}, "data": {}})
+    assert cfg.data.hf_config is None
+    cfg = RunConfig.from_dict(
+        {"task": "text", "tokenizer": {"kind": "bpe"}, "data": {"hf_config": "wikitext-2-raw-v1"}}
+    )
+    assert cfg.data.hf_config == "wikitext-2-raw-v1"
+
+
+def build_hub_cache(cache, name: str, configs: dict[str, dict[str, list]]):
+    """The `datasets` cache a download of hub dataset `name` leaves (one folder per
+    configuration, arrow files and dataset_info.json), built without the network by the parquet
+    builder a hub download runs, from local parquet files."""
+    import shutil
+
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    owner, short = name.split("/")
+    for config, columns in configs.items():
+        table = cache.parent / f"{config}.parquet"
+        pq.write_table(pa.table(columns), table)
+        builder = Parquet(
+            cache_dir=str(cache / "build"),
+            dataset_name=short,
+            config_name=config,
+            hash="0123456789abcdef",
+            data_files={"train": [str(table)]},
+        )
+        builder.download_and_prepare()
+        built = next((cache / "build" / short).iterdir())  # config-<hash of the data files>
+        shutil.move(built, cache / f"{owner}___{short}" / config)
+    shutil.rmtree(cache / "build")
+
+
+def offline_hub(monkeypatch, cache) -> None:
+    """HF_HUB_OFFLINE=1 with `cache` as the datasets cache, for libraries imported already."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+
+
+def test_a_hub_dataset_streams_from_a_populated_cache_offline(tmp_path, monkeypatch):
+    a, b = synthetic_documents(8, 20, seed=11), synthetic_documents(6, 20, seed=12)
+    cache = tmp_path / "datasets"
+    build_hub_cache(cache, "someone/tiny", {"first": {"text": a}, "second": {"text": b}})
+    offline_hub(monkeypatch, cache)
+    start = time.perf_counter()
+    second = open_corpus("hf:someone/tiny:second")
+    assert list(second.stream()) == b
+    first = open_corpus("hf:someone/tiny", hf_config="first")
+    assert list(first.stream()) == a
+    assert time.perf_counter() - start < 20
+    assert first.fingerprint != second.fingerprint
+    assert open_corpus("hf:someone/tiny", hf_config="first").fingerprint == first.fingerprint
+    assert first.description == "hf:someone/tiny (first, split train)"
