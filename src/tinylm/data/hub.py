@@ -133,6 +133,12 @@ def _builder(name: str, config: str | None):
     except Exception as e:
         text = str(e)
         configs = re.search(r"(?:available configs|Available)[^\[]*(\[[^\]]*\])", text)
+        cached = re.search(r"multiple .* configurations in the cache: ([^\n]*)", text)
+        if cached and not config:
+            raise UserError(
+                f"hf:{name} has several configurations in the cache ({cached.group(1)}); name "
+                f"one as hf:{name}:CONFIG or with data.hf_config."
+            ) from None
         if configs:
             raise UserError(
                 f"hf:{name} has no configuration '{config}'; name one of {configs.group(1)} as "

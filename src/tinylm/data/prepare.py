@@ -134,6 +134,7 @@ def pack_corpus(corpus: Corpus, fractions: tuple[float, float], tokenizer, folde
         "seconds": round(seconds, 3),
         "mb_per_s": round(packer.bytes / 1e6 / max(seconds, 1e-9), 2),
         "split": splitter.record(),
+        "warnings": corpus.warnings,  # what reading the corpus skipped
     }
 
 
@@ -141,18 +142,23 @@ def prepare_tokens(corpus: Corpus, fractions: tuple[float, float], tokenizer, ke
     """Packed token files for each split, from the cache when `key` was prepared before.
 
     Returns {"dir": folder, "dtype": ..., "tokens": {split: count}, "bytes", "seconds",
-    "mb_per_s", "split": the split's record (text.Splitter.record), "cached": ...}.
+    "mb_per_s", "split": the split's record (text.Splitter.record), "warnings", "cached"}.
     """
     folder = cache_root() / "tokens" / key
     meta_path = folder / "meta.json"
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            if all((folder / f"{name}.bin").is_file() for name in meta["tokens"]):
+            size = np.dtype(meta["dtype"]).itemsize
+            if all(
+                (folder / f"{name}.bin").stat().st_size == n * size
+                for name, n in meta["tokens"].items()
+            ):
+                corpus.say(meta["warnings"])
                 meta["cached"] = True
                 return meta
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # a damaged cache entry is prepared again
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged or cut cache entry is prepared again
     folder.mkdir(parents=True, exist_ok=True)
     meta = pack_corpus(corpus, fractions, tokenizer, folder)
     fd, tmp = tempfile.mkstemp(prefix=".meta.json.", suffix=".tmp", dir=folder)

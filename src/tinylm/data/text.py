@@ -93,11 +93,11 @@ class Corpus:
     def __init__(self, source: str, reader: LocalFiles | HubDataset):
         self.source, self.reader = source, reader
         self.fingerprint, self.description = reader.fingerprint, reader.description
-        self.warned = False
+        self.warnings: list[str] | None = None  # what the first whole pass skipped
 
     def stream(self, desc: str | None = None) -> Iterator[str]:
         """Every non-empty document, in order, read from the start. What the pass skipped is
-        said once a corpus (one line a reason) when it ends; a corpus with no text is refused.
+        said (`say`) when it ends; a corpus with no text is refused.
         `desc`: show a progress bar (on a terminal, for more than 1 MB)."""
         tally = Tally(self.source, self.reader.single_file)
         size = self.reader.size
@@ -112,9 +112,14 @@ class Corpus:
                     yield doc
         if not found:
             raise UserError(f"{self.source} holds no text (no non-empty documents).")
-        if not self.warned:
-            self.warned = True
-            for line in tally.warnings():
+        self.say(tally.warnings())
+
+    def say(self, warnings: list[str]) -> None:
+        """Say what was skipped, once a corpus: after its first pass, or when its tokens come
+        from the cache, what the pass that made them skipped (the run trains on the same)."""
+        if self.warnings is None:
+            self.warnings = warnings
+            for line in warnings:
                 warn(line)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
 import random
 from pathlib import Path
 
+from tinylm.data.files import CONTROLS, SNIFF, check_wide, warn
 from tinylm.errors import UserError
 
 SPLIT_SEED = 1337  # fixed, so runs with different training seeds share one split
+JUNK = b"\x00" + CONTROLS  # bytes no line of a word list holds: it is binary
 
 
 def load_words(source: str, min_len: int = 3, max_len: int = 15) -> list[str]:
@@ -42,6 +45,8 @@ def builtin_words() -> list[str]:
 
 
 def read_word_file(path: Path) -> list[str]:
+    """The file's lines. A line that is not UTF-8 text (binary junk, another encoding) is
+    skipped with one warning; a file of mostly such lines is refused as binary."""
     if not path.exists():
         raise UserError(f"Data file {path} does not exist.")
     if path.is_dir():
@@ -49,15 +54,26 @@ def read_word_file(path: Path) -> list[str]:
     data = path.read_bytes()
     if not data.strip():
         raise UserError(f"Data file {path} is empty.")
-    try:
-        if b"\x00" in data[:65536]:
-            raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "NUL byte")
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path} looks binary; give a UTF-8 text file with one word a line."
-        ) from None
-    return text.splitlines()
+    check_wide(path, data[:SNIFF])
+    lines, junk, first = [], 0, 0
+    for n, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = None
+        if line is None or any(c in raw for c in JUNK):
+            junk, first = junk + 1, first or n
+        else:
+            lines.append(line)
+    given = junk + sum(1 for line in lines if line.strip())
+    if junk * 2 > given:
+        raise UserError(f"{path} looks binary; give a UTF-8 text file with one word a line.")
+    if junk:
+        warn(
+            f"skipped {junk:,} of {given:,} lines of {path} that are not UTF-8 text "
+            f"(first: line {first})"
+        )
+    return lines
 
 
 def clean_words(raw, min_len: int, max_len: int) -> list[str]:
