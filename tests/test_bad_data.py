@@ -317,3 +317,185 @@ def test_word_lists_that_stop(capsys, tmp_path, content, phrases):
     path = tmp_path / "words.txt"
     path.write_bytes(content)
     stops(*train_words(capsys, tmp_path, path), *phrases)
+
+
+# --- damaged run directories --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny word run, text run and encoder-decoder run, each trained for a few steps."""
+    from conftest import tiny_config, train_run
+
+    root = tmp_path_factory.mktemp("trained")
+    words = root / "words.txt"
+    words.write_text("\n".join(web2_sample(500, seed=7)) + "\n")
+    text = root / "text.jsonl"
+    text.write_text("\n".join(RECORDS) + "\n")
+    runs = {}
+    for name, preset, data, extra in (
+        ("words", "words", words, []),
+        ("seq2seq", "words-seq2seq", words, []),
+        ("text", "pile-bpe", text, [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300"]),
+    ):
+        cfg = tiny_config(preset, data=data, steps=4, extra=[*extra, "train.eval_every=2"])
+        runs[name], _ = train_run(cfg, root / name)
+    return runs
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    """A copy of one of the trained runs, to damage."""
+    import shutil
+
+    def copy(name: str):
+        shutil.copytree(trained[name].path, tmp_path / name)
+        return tmp_path / name
+
+    return copy
+
+
+def cut(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garbage(path) -> None:
+    path.write_bytes(random.Random(1).randbytes(3000))
+
+
+USES = {  # a command that reads each kind of run, and what it is given
+    "words": [("info",), ("eval",), ("complete", "fin")],
+    "text": [("info",), ("eval",), ("generate", "The", "--max-new-tokens", "3")],
+    "seq2seq": [("complete", "fin")],
+}
+
+
+@pytest.mark.parametrize(
+    "run,damage,phrases",
+    [
+        (
+            "words",
+            lambda r: garbage(r / "tinylm.yaml"),
+            ["tinylm.yaml is damaged (not UTF-8 text)"],
+        ),
+        (
+            "text",
+            lambda r: (r / "tinylm.yaml").write_text("data: [a\n"),
+            ["tinylm.yaml is damaged"],
+        ),
+        (
+            "words",
+            lambda r: (r / "tinylm.yaml").write_text("- a\n"),
+            ["(not a mapping of settings)"],
+        ),
+        ("words", lambda r: (r / "tinylm.yaml").unlink(), ["is not a tinylm run directory"]),
+        ("text", lambda r: (r / "tokenizer.json").unlink(), ["has no tokenizer.json"]),
+        ("words", lambda r: garbage(r / "tokenizer.json"), ["tokenizer.json is damaged"]),
+        ("text", lambda r: cut(r / "model.safetensors"), ["model.safetensors is unreadable"]),
+        ("words", lambda r: garbage(r / "model.safetensors"), ["model.safetensors is unreadable"]),
+        ("words", lambda r: (r / "model.safetensors").unlink(), ["has no trained weights yet"]),
+        ("seq2seq", lambda r: garbage(r / "config.json"), ["config file", "is not a valid JSON"]),
+        ("seq2seq", lambda r: (r / "config.json").unlink(), ["(it has no config.json)"]),
+    ],
+    ids=[
+        "tinylm.yaml not UTF-8",
+        "tinylm.yaml not YAML",
+        "tinylm.yaml not settings",
+        "tinylm.yaml missing",
+        "tokenizer.json missing",
+        "tokenizer.json damaged",
+        "model.safetensors cut",
+        "model.safetensors garbage",
+        "model.safetensors missing",
+        "config.json damaged (encoder-decoder)",
+        "config.json missing (encoder-decoder)",
+    ],
+)
+def test_a_damaged_run_file_stops_every_command_that_reads_it(capsys, copy, run, damage, phrases):
+    path = copy(run)
+    damage(path)
+    for command, *args in USES[run]:
+        stops(*cli(capsys, command, path, *args), str(path), *phrases)
+
+
+def test_files_tinylm_does_not_read_do_not_stop_it(capsys, copy):
+    """config.json of a decoder is for transformers; tokenizer_config.json for Hugging Face."""
+    path = copy("text")
+    garbage(path / "config.json")
+    garbage(path / "tokenizer_config.json")
+    code, lines = cli(capsys, "generate", path, "The", "--max-new-tokens", "3")
+    assert code == 0 and lines == []
+
+
+def resume(capsys, path):
+    return cli(capsys, "train", "--resume", "--out", path, "--max-steps", "6", "--no-report")
+
+
+@pytest.mark.parametrize(
+    "damage,phrases",
+    [
+        (garbage, ["The checkpoint", "checkpoint.safetensors is unreadable"]),
+        (cut, ["checkpoint.safetensors is unreadable", "incomplete metadata"]),
+        (None, ["checkpoint.safetensors does not fit this run's model", "size mismatch"]),
+        (lambda p: p.unlink(), ["has no checkpoint to resume from"]),
+    ],
+    ids=["garbage", "cut", "of another run", "missing"],
+)
+def test_a_damaged_checkpoint_is_refused_and_nothing_is_written(
+    capsys, copy, trained, damage, phrases
+):
+    path = copy("words")
+    checkpoint = path / "checkpoint.safetensors"
+    if damage is None:  # the text run's: another vocabulary, another model
+        checkpoint.write_bytes((trained["text"].path / "checkpoint.safetensors").read_bytes())
+    else:
+        damage(checkpoint)
+    files = [p for p in path.rglob("*") if p.is_file() and p.name != "tinylm.yaml"]
+    before = {p: p.read_bytes() for p in files}
+    stops(*resume(capsys, path), *phrases)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p in before} == before
+    assert sorted(p for p in path.rglob("*") if p.is_file() and p.name != "tinylm.yaml") == sorted(
+        files
+    )
+    # tinylm.yaml records the budget asked for before the checkpoint is read (lifecycle.reopen)
+
+
+def test_resuming_beside_damaged_weights_goes_on_from_the_checkpoint(capsys, copy):
+    path = copy("words")
+    cut(path / "model.safetensors")
+    code, lines = resume(capsys, path)
+    assert code == 0 and len(lines) == 1
+    assert lines[0].startswith(f"tinylm: {path / 'model.safetensors'} is damaged (")
+    assert "training goes on from the checkpoint" in lines[0]
+
+
+def test_a_metrics_log_with_lines_that_are_not_records_goes_on(capsys, copy):
+    path = copy("words")
+    log = path / "metrics.jsonl"
+    lines = log.read_bytes().split(b"\n")
+    n = len([line for line in lines if line])
+    log.write_bytes(b"\n".join([lines[0], b"\xff\xfe not a record", *lines[1:]]))
+    warning = f"skipped 1 of {n + 1} lines of {log} that are not JSON records (first: line 2)"
+    goes_on(*cli(capsys, "info", path), warning)
+    log.write_bytes(log.read_bytes() + b'{"step": 9, "lo')  # a last line cut by a crash
+    assert cli(capsys, "info", path) == (0, [])  # said once a process; a cut last line never
+
+
+@pytest.mark.parametrize(
+    "run,name,command,phrases",
+    [
+        ("text", "split/split.json", "eval", ["split.json is damaged (not UTF-8 text)"]),
+        ("text", "split/split.json", "info", ["split.json is damaged"]),
+        ("words", "split/test.txt", "eval", ["split/test.txt is damaged (not UTF-8 text)"]),
+        ("words", "eval.json", "info", ["eval.json is damaged", "tinylm eval RUN"]),
+    ],
+    ids=["split.json, eval", "split.json, info", "a word run's split, eval", "eval.json, info"],
+)
+def test_damaged_records_of_a_run_stop_the_commands_that_need_them(
+    capsys, copy, run, name, command, phrases
+):
+    path = copy(run)
+    (path / name).parent.mkdir(exist_ok=True)
+    garbage(path / name)
+    stops(*cli(capsys, command, path), str(path / name), *phrases)

@@ -84,33 +84,63 @@ def save(
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-    """Restore model and optimizer in place; return (meta, {rank: rng states})."""
+    """Restore model and optimizer in place; return (meta, {rank: rng states}). A checkpoint
+    that is damaged, or of another model, is refused in one sentence before anything of the
+    run is written (the model may be half restored: the caller stops)."""
     if not Path(path).is_file():
         raise UserError(f"{Path(path).parent} has no checkpoint to resume from.")
     try:
         tensors = load_file(path)
         with safe_open(path, "pt") as f:
             header = json.loads(f.metadata()["tinylm"])
-    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        meta, aliases = header["meta"], header["aliases"]
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"The checkpoint {path} is unreadable ({_first_line(e)}).") from None
-    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    for name, target in header["aliases"].items():
-        state[name] = state[target]
-    model.load_state_dict(state)
-    if "param_groups" in header:
-        opt_state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, key = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[key] = v
-        optimizer.load_state_dict({"state": opt_state, "param_groups": header["param_groups"]})
+    try:
+        restore(tensors, aliases, header.get("param_groups"), model, optimizer)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"The checkpoint {path} does not fit this run's model ({_gist(e)}); it belongs "
+            "to another run."
+        ) from None
     rng: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("rng."):
             _, rank, name = k.split(".", 2)
             rng.setdefault(int(rank), {})[name] = v
-    return header["meta"], rng
+    return meta, rng
+
+
+def restore(tensors: dict, aliases: dict, param_groups, model, optimizer) -> None:
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, target in aliases.items():
+        state[name] = state[target]
+    model.load_state_dict(state)
+    if param_groups is not None:
+        opt_state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                opt_state.setdefault(int(pid), {})[key] = v
+        optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+
+
+def unreadable(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (its header, and that its size covers the
+    tensors it lists), or None if it can."""
+    try:
+        with safe_open(path, "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        return _first_line(e)
+    return None
 
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _gist(e: Exception) -> str:
+    """torch's load_state_dict says 'Error(s) in loading state_dict for X:', then the errors."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]

@@ -31,9 +31,19 @@ import torch
 
 from tinylm import atomic, checkpoints
 from tinylm.config import RunConfig
+from tinylm.data.files import warn
 from tinylm.errors import UserError
 from tinylm.models import load_model
 from tinylm.tokenizer import Tokenizer
+
+RESTORE = "restore it from a copy of the run, or train it again"
+# What to do about a damaged file when more can be said than RESTORE.
+REMEDY = {
+    "eval.json": "delete it, or write it again with `tinylm eval RUN`",
+    "split/split.json": "restore it from a copy of the run (a text run's --resume and eval need "
+    "it)",
+}
+_WARNED: set[Path] = set()  # metrics logs whose damaged lines were said already
 
 # Files the trainer writes through atomic.py; their leftover temporaries are its to remove.
 OWN_FILES = (
@@ -126,8 +136,16 @@ class RunDir:
             return RunConfig.load(self.config_path)
         except UserError as e:
             raise UserError(f"{self.config_path}: {e}") from None
+        except UnicodeDecodeError:
+            raise self.damaged("tinylm.yaml", "not UTF-8 text") from None
+        except (AttributeError, TypeError):  # YAML, but a list or a word, not settings
+            raise self.damaged("tinylm.yaml", "not a mapping of settings") from None
         except Exception as e:
-            raise UserError(f"{self.config_path} is unreadable ({_first_line(e)}).") from None
+            raise self.damaged("tinylm.yaml", _first_line(e)) from None
+
+    def damaged(self, name: str, why: str) -> UserError:
+        """A file of the run that a command needs and cannot read: which, why, what to do."""
+        return UserError(f"{self.path / name} is damaged ({why}); {REMEDY.get(name, RESTORE)}.")
 
     def save_tokenizer(self, tokenizer: Tokenizer, cfg: RunConfig) -> None:
         length = cfg.model.context_length
@@ -135,7 +153,12 @@ class RunDir:
 
     def tokenizer(self, cfg: RunConfig | None = None) -> Tokenizer:
         cfg = cfg or self.config()
-        return Tokenizer.load(self.path, cfg.tokenizer.kind)
+        if not (self.path / "tokenizer.json").is_file():
+            raise UserError(f"{self.path} has no tokenizer.json; {RESTORE}.")
+        try:
+            return Tokenizer.load(self.path, cfg.tokenizer.kind)
+        except UserError as e:
+            raise self.damaged("tokenizer.json", _first_line(e.__context__ or e)) from None
 
     # --- weights: each model saves itself in the Hugging Face layout (models/__init__.py)
     def save_weights(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
@@ -151,8 +174,16 @@ class RunDir:
         checkpoints.save(self.checkpoint_path, model, optimizer, meta, rng)
 
     def load_checkpoint(self, model, optimizer):
-        """Restore model and optimizer in place; return (meta, {rank: RNG states})."""
-        return checkpoints.load(self.checkpoint_path, model, optimizer)
+        """Restore model and optimizer in place; return (meta, {rank: RNG states}). A damaged
+        checkpoint is refused before anything is written; damaged best weights beside a whole
+        checkpoint are said, and training goes on (the next better validation replaces them)."""
+        meta = checkpoints.load(self.checkpoint_path, model, optimizer)
+        if self.weights_path.is_file() and (why := checkpoints.unreadable(self.weights_path)):
+            warn(
+                f"{self.weights_path} is damaged ({why}); training goes on from the checkpoint "
+                "and writes it again at the next validation better than the best so far."
+            )
+        return meta
 
     # --- the data split
     def save_split(self, name: str, items: list[str]) -> None:
@@ -162,7 +193,10 @@ class RunDir:
         path = self.split_dir / f"{name}.txt"
         if not path.is_file():
             raise UserError(f"{self.path} has no {name} split (split/{name}.txt is missing).")
-        return path.read_text().split("\n")[:-1]
+        try:
+            return path.read_text(encoding="utf-8").split("\n")[:-1]
+        except UnicodeDecodeError:
+            raise self.damaged(f"split/{name}.txt", "not UTF-8 text") from None
 
     # --- metrics
     def log(self, record: dict) -> None:
@@ -170,14 +204,28 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
+        """The log's records. A last line cut by a crash is skipped (`--resume` rewrites the
+        log); other lines that are not JSON records are skipped with one warning a process."""
         if not self.metrics_path.is_file():
             return []
-        out = []
-        for line in self.metrics_path.read_text().split("\n"):
+        out, bad = [], []
+        lines = self.metrics_path.read_bytes().split(b"\n")
+        for n, line in enumerate(lines, 1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash, or the empty last one
-                continue
+                record = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            elif line.strip() and n < len(lines) - 1:  # not the last line (nor the empty one)
+                bad.append(n)
+        if bad and self.metrics_path not in _WARNED:
+            _WARNED.add(self.metrics_path)
+            total = len(out) + len(bad)
+            warn(
+                f"skipped {len(bad):,} of {total:,} lines of {self.metrics_path} that are not "
+                f"JSON records (first: line {bad[0]})"
+            )
         return out
 
     def truncate_metrics(self, after_step: int) -> None:
@@ -193,8 +241,16 @@ class RunDir:
         return path
 
     def read_json(self, name: str):
+        """The file's JSON, or None if there is no such file; a damaged one is refused."""
         path = self.path / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_bytes())
+        except UnicodeDecodeError:
+            raise self.damaged(name, "not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise self.damaged(name, f"not JSON: {e.msg} at line {e.lineno}") from None
 
 
 def _remove_abandoned_stages(out: Path) -> None:

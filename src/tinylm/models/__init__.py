@@ -48,9 +48,17 @@ def load_model(folder: Path, cfg: ModelConfig, tokenizer) -> nn.Module:
         raise UserError(f"{folder} has no trained weights yet (no {WEIGHTS}).")
     try:
         model = MODELS[cfg.arch].from_folder(folder, cfg, tokenizer)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        # safetensors' errors are the weights file's; others may be config.json's (read by
+        # transformers for the encoder-decoder), and name it themselves
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"The weights in {folder} are unreadable ({first}).") from None
+        what = folder / WEIGHTS if isinstance(e, SafetensorError) else f"The model in {folder}"
+        if not isinstance(e, SafetensorError) and not (folder / "config.json").is_file():
+            first = "it has no config.json"  # transformers says it in other words
+        raise UserError(
+            f"{what} is unreadable ({first}); restore it from a copy of the run, or resume "
+            "training, which writes it again at its next better validation."
+        ) from None
     return model.eval()
 
 
