@@ -489,8 +489,15 @@ def test_a_metrics_log_with_lines_that_are_not_records_goes_on(capsys, copy):
         ("text", "split/split.json", "info", ["split.json is damaged"]),
         ("words", "split/test.txt", "eval", ["split/test.txt is damaged (not UTF-8 text)"]),
         ("words", "eval.json", "info", ["eval.json is damaged", "tinylm eval RUN"]),
+        ("text", "eval.json", "report", ["eval.json is damaged", "tinylm eval RUN"]),
     ],
-    ids=["split.json, eval", "split.json, info", "a word run's split, eval", "eval.json, info"],
+    ids=[
+        "split.json, eval",
+        "split.json, info",
+        "a word run's split, eval",
+        "eval.json, info",
+        "eval.json, report",
+    ],
 )
 def test_damaged_records_of_a_run_stop_the_commands_that_need_them(
     capsys, copy, run, name, command, phrases

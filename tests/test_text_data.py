@@ -368,7 +368,7 @@ def build_hub_cache(cache, name: str, configs: dict[str, dict[str, list]]):
 
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    owner, short = name.split("/")
+    *owner, short = name.split("/")
     for config, columns in configs.items():
         table = cache.parent / f"{config}.parquet"
         pq.write_table(pa.table(columns), table)
@@ -381,7 +381,7 @@ def build_hub_cache(cache, name: str, configs: dict[str, dict[str, list]]):
         )
         builder.download_and_prepare()
         built = next((cache / "build" / short).iterdir())  # config-<hash of the data files>
-        shutil.move(built, cache / f"{owner}___{short}" / config)
+        shutil.move(built, cache / "___".join([*owner, short]) / config)
     shutil.rmtree(cache / "build")
 
 
@@ -410,3 +410,30 @@ def test_a_hub_dataset_streams_from_a_populated_cache_offline(tmp_path, monkeypa
     assert first.fingerprint != second.fingerprint
     assert open_corpus("hf:someone/tiny", hf_config="first").fingerprint == first.fingerprint
     assert first.description == "hf:someone/tiny (first, split train)"
+
+
+def test_every_command_on_the_data_page_runs(tmp_path, monkeypatch, capsys):
+    """docs/data.md's commands, with a tiny model and budget: local sources from a folder made
+    here, hub sources offline from a datasets cache holding the names the page uses."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from tinylm.cli import main
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)
+    commands = [line for b in blocks for line in b.splitlines() if line.startswith("tinylm ")]
+    assert len(commands) >= 5 and any("hf:wikitext:" in c for c in commands)
+    docs = synthetic_documents(30, 40, seed=13)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus/a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cache = tmp_path / "datasets"
+    build_hub_cache(cache, "NeelNanda/pile-10k", {"default": {"text": docs, "meta": docs}})
+    build_hub_cache(cache, "wikitext", {"wikitext-103-raw-v1": {"text": docs}})
+    offline_hub(monkeypatch, cache)
+    monkeypatch.chdir(tmp_path)
+    for n, line in enumerate(commands):
+        tiny = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300", "--max-steps", "1", "--no-report"]
+        code = main([*shlex.split(line)[1:], "--out", f"run-{n}", *tiny])
+        assert code == 0, (line, capsys.readouterr().err[-2000:])

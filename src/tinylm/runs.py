@@ -39,7 +39,7 @@ from tinylm.tokenizer import Tokenizer
 RESTORE = "restore it from a copy of the run, or train it again"
 # What to do about a damaged file when more can be said than RESTORE.
 REMEDY = {
-    "eval.json": "delete it, or write it again with `tinylm eval RUN`",
+    "eval.json": "delete it, or write it again with tinylm eval RUN",
     "split/split.json": "restore it from a copy of the run (a text run's --resume and eval need "
     "it)",
 }
