@@ -132,33 +132,14 @@ class RunDir:
         atomic.write_text(self.config_path, cfg.to_yaml())
 
     def config(self) -> RunConfig:
-        try:
-            return RunConfig.load(self.config_path)
-        except UserError as e:
-            raise UserError(f"{self.config_path}: {e}") from None
-        except UnicodeDecodeError:
-            raise self.damaged("tinylm.yaml", "not UTF-8 text") from None
-        except (AttributeError, TypeError):  # YAML, but a list or a word, not settings
-            raise self.damaged("tinylm.yaml", "not a mapping of settings") from None
-        except Exception as e:
-            raise self.damaged("tinylm.yaml", _first_line(e)) from None
-
-    def damaged(self, name: str, why: str) -> UserError:
-        """A file of the run that a command needs and cannot read: which, why, what to do."""
-        return UserError(f"{self.path / name} is damaged ({why}); {REMEDY.get(name, RESTORE)}.")
+        return read_config(self.config_path)
 
     def save_tokenizer(self, tokenizer: Tokenizer, cfg: RunConfig) -> None:
         length = cfg.model.context_length
         atomic.replace_files(self.path, lambda tmp: tokenizer.save(tmp, model_max_length=length))
 
     def tokenizer(self, cfg: RunConfig | None = None) -> Tokenizer:
-        cfg = cfg or self.config()
-        if not (self.path / "tokenizer.json").is_file():
-            raise UserError(f"{self.path} has no tokenizer.json; {RESTORE}.")
-        try:
-            return Tokenizer.load(self.path, cfg.tokenizer.kind)
-        except UserError as e:
-            raise self.damaged("tokenizer.json", _first_line(e.__context__ or e)) from None
+        return read_tokenizer(self.path, (cfg or self.config()).tokenizer.kind)
 
     # --- weights: each model saves itself in the Hugging Face layout (models/__init__.py)
     def save_weights(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
@@ -175,14 +156,9 @@ class RunDir:
 
     def load_checkpoint(self, model, optimizer):
         """Restore model and optimizer in place; return (meta, {rank: RNG states}). A damaged
-        checkpoint is refused before anything is written; damaged best weights beside a whole
-        checkpoint are said, and training goes on (the next better validation replaces them)."""
+        checkpoint is refused before anything is written (checkpoints.load)."""
         meta = checkpoints.load(self.checkpoint_path, model, optimizer)
-        if self.weights_path.is_file() and (why := checkpoints.unreadable(self.weights_path)):
-            warn(
-                f"{self.weights_path} is damaged ({why}); training goes on from the checkpoint "
-                "and writes it again at the next validation better than the best so far."
-            )
+        say_if_damaged(self.weights_path)
         return meta
 
     # --- the data split
@@ -196,7 +172,7 @@ class RunDir:
         try:
             return path.read_text(encoding="utf-8").split("\n")[:-1]
         except UnicodeDecodeError:
-            raise self.damaged(f"split/{name}.txt", "not UTF-8 text") from None
+            raise damaged(self.path, f"split/{name}.txt", "not UTF-8 text") from None
 
     # --- metrics
     def log(self, record: dict) -> None:
@@ -204,29 +180,7 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
-        """The log's records. A last line cut by a crash is skipped (`--resume` rewrites the
-        log); other lines that are not JSON records are skipped with one warning a process."""
-        if not self.metrics_path.is_file():
-            return []
-        out, bad = [], []
-        lines = self.metrics_path.read_bytes().split(b"\n")
-        for n, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:  # not JSON, or not UTF-8
-                record = None
-            if isinstance(record, dict):
-                out.append(record)
-            elif line.strip() and n < len(lines) - 1:  # not the last line (nor the empty one)
-                bad.append(n)
-        if bad and self.metrics_path not in _WARNED:
-            _WARNED.add(self.metrics_path)
-            total = len(out) + len(bad)
-            warn(
-                f"skipped {len(bad):,} of {total:,} lines of {self.metrics_path} that are not "
-                f"JSON records (first: line {bad[0]})"
-            )
-        return out
+        return read_log(self.metrics_path) if self.metrics_path.is_file() else []
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop what was logged after the checkpoint: it is about to be redone."""
@@ -248,9 +202,69 @@ class RunDir:
         try:
             return json.loads(path.read_bytes())
         except UnicodeDecodeError:
-            raise self.damaged(name, "not UTF-8 text") from None
+            raise damaged(self.path, name, "not UTF-8 text") from None
         except json.JSONDecodeError as e:
-            raise self.damaged(name, f"not JSON: {e.msg} at line {e.lineno}") from None
+            raise damaged(self.path, name, f"not JSON: {e.msg} at line {e.lineno}") from None
+
+
+def damaged(run: Path, name: str, why: str) -> UserError:
+    """A file of the run that a command needs and cannot read: which, why, what to do."""
+    return UserError(f"{run / name} is damaged ({why}); {REMEDY.get(name, RESTORE)}.")
+
+
+def read_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.load(path)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except UnicodeDecodeError:
+        raise damaged(path.parent, path.name, "not UTF-8 text") from None
+    except (AttributeError, TypeError):  # YAML, but a list or a word, not settings
+        raise damaged(path.parent, path.name, "not a mapping of settings") from None
+    except Exception as e:
+        raise damaged(path.parent, path.name, _first_line(e)) from None
+
+
+def read_tokenizer(run: Path, kind: str) -> Tokenizer:
+    if not (run / "tokenizer.json").is_file():
+        raise UserError(f"{run} has no tokenizer.json; {RESTORE}.")
+    try:
+        return Tokenizer.load(run, kind)
+    except UserError as e:
+        raise damaged(run, "tokenizer.json", _first_line(e.__context__ or e)) from None
+
+
+def say_if_damaged(weights: Path) -> None:
+    """Damaged best weights beside a whole checkpoint: training goes on (the next better
+    validation replaces them), and says so."""
+    if weights.is_file() and (why := checkpoints.unreadable(weights)):
+        warn(
+            f"{weights} is damaged ({why}); training goes on from the checkpoint and writes it "
+            "again at the next validation better than the best so far."
+        )
+
+
+def read_log(path: Path) -> list[dict]:
+    """A metrics log's records. A last line cut by a crash is skipped (`--resume` rewrites the
+    log); other lines that are not JSON records are skipped with one warning a process."""
+    out, bad = [], []
+    lines = path.read_bytes().split(b"\n")
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        elif line.strip() and n < len(lines) - 1:  # not the last line (nor the empty one)
+            bad.append(n)
+    if bad and path not in _WARNED:
+        _WARNED.add(path)
+        warn(
+            f"skipped {len(bad):,} of {len(out) + len(bad):,} lines of {path} that are not JSON "
+            f"records (first: line {bad[0]})"
+        )
+    return out
 
 
 def _remove_abandoned_stages(out: Path) -> None:
