@@ -413,8 +413,9 @@ def test_a_hub_dataset_streams_from_a_populated_cache_offline(tmp_path, monkeypa
 
 
 def test_every_command_on_the_data_page_runs(tmp_path, monkeypatch, capsys):
-    """docs/data.md's commands, with a tiny model and budget: local sources from a folder made
-    here, hub sources offline from a datasets cache holding the names the page uses."""
+    """docs/data.md's commands, the hub's too (tests/test_docs.py runs the page's ```bash
+    blocks, not its ```shell ones), with a tiny model and budget: local sources from a folder
+    made here, hub sources offline from a datasets cache holding the names the page uses."""
     import re
     import shlex
     from pathlib import Path
@@ -422,12 +423,14 @@ def test_every_command_on_the_data_page_runs(tmp_path, monkeypatch, capsys):
     from tinylm.cli import main
 
     page = Path(__file__).resolve().parents[1] / "docs" / "data.md"
-    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)
+    blocks = re.findall(r"```(?:bash|shell)\n(.*?)```", page.read_text(), flags=re.S)
     commands = [line for b in blocks for line in b.splitlines() if line.startswith("tinylm ")]
     assert len(commands) >= 5 and any("hf:wikitext:" in c for c in commands)
     docs = synthetic_documents(30, 40, seed=13)
-    (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus/a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (tmp_path / "my_texts").mkdir()
+    (tmp_path / "my_texts/texts.jsonl").write_text(
+        "".join(json.dumps({"text": d}) + "\n" for d in docs)
+    )
     cache = tmp_path / "datasets"
     build_hub_cache(cache, "NeelNanda/pile-10k", {"default": {"text": docs, "meta": docs}})
     build_hub_cache(cache, "wikitext", {"wikitext-103-raw-v1": {"text": docs}})
