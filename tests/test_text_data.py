@@ -440,3 +440,26 @@ def test_every_command_on_the_data_page_runs(tmp_path, monkeypatch, capsys):
         tiny = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300", "--max-steps", "1", "--no-report"]
         code = main([*shlex.split(line)[1:], "--out", f"run-{n}", *tiny])
         assert code == 0, (line, capsys.readouterr().err[-2000:])
+
+
+def test_a_hub_run_recorded_before_streaming_still_reloads(tmp_path, monkeypatch, capsys):
+    """Its fingerprint was of datasets' arrow cache: not comparable, so not compared (the
+    split's counts are); a fingerprint of today's kind that differs is a changed dataset."""
+    from tinylm.cli import main
+
+    docs = synthetic_documents(20, 40, seed=14)
+    cache = tmp_path / "datasets"
+    build_hub_cache(cache, "someone/tiny", {"default": {"text": docs}})
+    offline_hub(monkeypatch, cache)
+    extra = [*TINY_TEXT_MODEL, "tokenizer.vocab_size=300"]
+    cfg = tiny_config("pile-bpe", data="hf:someone/tiny", steps=1, extra=extra)
+    run, _ = train_run(cfg, tmp_path / "r")
+    path = run.path / "split/split.json"
+    record = json.loads(path.read_text())
+    old_rule = "by document: SHA-1 of its text, as a fraction of 2**64, below test_fraction -> "
+    old_rule += "test, below test_fraction + val_fraction -> val"
+    path.write_text(json.dumps({**record, "fingerprint": "hf-f00dfeedf00dfeed", "rule": old_rule}))
+    assert main(["eval", str(run.path)]) == 0
+    path.write_text(json.dumps({**record, "fingerprint": "hf-f00dfeedf00dfeed"}))
+    assert main(["eval", str(run.path)]) == 2
+    assert "changed since" in capsys.readouterr().err
