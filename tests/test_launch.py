@@ -277,3 +277,38 @@ def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
     assert final.returncode == 0, (seed, final.stderr.decode()[-2000:])
     assert_same_run(ref, victim)
     assert not [p.name for p in victim.iterdir() if p.name.endswith(".tmp")], seed
+
+
+def test_a_bare_resume_continues_a_run_of_any_preset(tmp_path, text_file, capsys):
+    from conftest import TINY_TEXT_MODEL
+
+    out = tmp_path / "bpe"
+    args = [
+        "train",
+        "pile-bpe",
+        "--data",
+        text_file,
+        "--out",
+        out,
+        "--max-steps",
+        3,
+        "--no-report",
+        *TINY_MODEL,
+        *TINY_TEXT_MODEL,
+        "tokenizer.vocab_size=300",
+    ]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    code, _, err = run_cli(
+        capsys, "train", "--resume", "--out", out, "--max-steps", 5, "--no-report"
+    )
+    assert code == 0, err
+    assert checkpoint_state(out)["step"] == 5
+
+
+def test_a_refused_resume_writes_nothing(small_run, capsys):
+    (small_run / "checkpoint.safetensors").write_bytes(b"\x00" * 64)
+    before = {p.name: p.read_bytes() for p in small_run.iterdir() if p.is_file()}
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", small_run, "--max-steps", 9)
+    assert code == 2 and "checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in small_run.iterdir() if p.is_file()} == before

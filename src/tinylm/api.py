@@ -272,7 +272,7 @@ def load(path: Path | str | Run, device: str = "auto", compile: bool = False) ->
 
 
 def train(
-    preset: str | RunConfig = "words",
+    preset: str | RunConfig | None = None,
     *,
     data: str | None = None,
     time: str | float | None = None,
@@ -285,8 +285,8 @@ def train(
     device: str = "auto",
     progress: bool = True,
 ) -> Run:
-    """Train a model and return its run. `preset`: a preset's name, a YAML file or a
-    RunConfig; `time` a budget such as 300, "90s", "5m"; `overrides` such as
+    """Train a model and return its run. `preset`: a preset's name (default `words`), a YAML
+    file or a RunConfig; `time` a budget such as 300, "90s", "5m"; `overrides` such as
     `{"model.d_model": 128}`. With `resume`, the run in `out` goes on exactly as it started.
     Under torchrun every process calls it; each returns the run."""
     with dist.session(device) as env:

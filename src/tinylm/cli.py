@@ -22,7 +22,7 @@ from tinylm.errors import SamplingError, UserError
 
 def cmd_train(args) -> int:
     run = tinylm.train(
-        args.preset or "words",
+        args.preset,
         data=args.data,
         time=args.time,
         max_steps=args.max_steps,

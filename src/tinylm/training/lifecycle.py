@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from tinylm import checkpoints
 from tinylm.config import RunConfig
 from tinylm.errors import UserError
 from tinylm.models import MODELS, build_model
@@ -263,9 +264,12 @@ def reopen(p: Plan) -> tuple[RunDir, RunData]:
     run = RunDir.open(p.out)
     if not run.checkpoint_path.is_file():
         raise UserError(f"{p.out} has no checkpoint to resume from.")
+    if why := checkpoints.unreadable(run.checkpoint_path):
+        raise UserError(f"The checkpoint {run.checkpoint_path} is unreadable ({why}).")
     run.remove_temporaries()
-    run.save_config(p.cfg)
-    return run, reload(run, p)
+    data = reload(run, p)
+    run.save_config(p.cfg)  # the budget may be new; nothing is written before the checks
+    return run, data
 
 
 def reload(run: RunDir, p: Plan) -> RunData:
