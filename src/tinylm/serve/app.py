@@ -147,7 +147,10 @@ class Server:
             results = await answers.collect(events)
         finally:
             watcher.cancel()
-        return JSONResponse(shape.body(results, responses.usage(prompt_tokens, answers.tokens)))
+        used = responses.usage(prompt_tokens, answers.tokens)
+        # shaped and encoded in a thread: with log-probabilities a body runs to megabytes,
+        # which would hold up every stream while the event loop wrote it
+        return await asyncio.to_thread(lambda: JSONResponse(shape.body(results, used)))
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
