@@ -17,10 +17,12 @@ import pytest
 from live_server import LiveServer, post
 
 from tinylm.serve import Limits, create_app
+from tinylm.serve.logprobs import MAX_SCORED
 from tinylm.serve.requests import MAX_MESSAGE, MAX_STOP_CHARS
 
 JSON = {"content-type": "application/json"}
 CHAT = [{"role": "user", "content": "Tell me"}]
+SCORE = {"echo": True, "logprobs": 20, "max_tokens": 0}
 TIGHT = Limits(max_tokens=8, max_n=2, head_timeout=0.5, body_timeout=1, max_connections=8)
 
 
@@ -132,6 +134,8 @@ def test_nulls_mean_the_defaults(text_server):
         ({"prompt": [[1, 2]] * 1000}, "prompt", "/v1/completions"),
         ({"prompt": "x", "logprobs": 10**6}, "logprobs", "/v1/completions"),
         ({"prompt": "x", "max_tokens": 10**100}, "max_tokens", "/v1/completions"),
+        (SCORE | {"prompt": [5] * (MAX_SCORED + 1)}, "prompt", "/v1/completions"),
+        (SCORE | {"prompt": [[5] * 1500] * 2, "n": 2}, "prompt", "/v1/completions"),
         ({"prompt": "x", "stop": ["a"] * 1000}, "stop", "/v1/completions"),
         ({"prompt": "x", "stop": "a" * (MAX_STOP_CHARS + 1)}, "stop", "/v1/completions"),
         ({"prompt": "x", "stop": ["b", "a" * 60_000]}, "stop", "/v1/completions"),
@@ -186,10 +190,8 @@ def test_the_largest_prompts_the_body_allows_are_served_in_time(text_server):
     assert send(text_server, chat, "/v1/chat/completions").status_code == 200
     big = {"messages": [{"role": "user", "content": text}], "max_tokens": 4}
     assert send(text_server, big, "/v1/chat/completions").status_code == 200
-    scored = send(
-        text_server, {"prompt": text[:20_000], "echo": True, "logprobs": 5, "max_tokens": 0}
-    )
-    assert len(scored.json()["choices"][0]["logprobs"]["tokens"]) > 1000
+    scored = send(text_server, SCORE | {"prompt": [5] * MAX_SCORED})
+    assert len(scored.json()["choices"][0]["logprobs"]["tokens"]) == MAX_SCORED
     assert time.perf_counter() - start < 20
     answered(text_server)
 
