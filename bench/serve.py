@@ -231,8 +231,8 @@ def soak_figures(stats: dict, elapsed: float) -> dict:
     p99_first, p99_last = quantile(first, 0.99), quantile(last, 0.99)
     rss_change = round(100 * (end / after_first - 1), 2) if after_first and end else None
     ttft_change = round(100 * (p99_last / p99_first - 1), 1) if p99_first and p99_last else None
-    per_window = [
-        quantile([v for t, v in stats["ttft_at"] if k * window <= t < (k + 1) * window], 0.99)
+    windows = [
+        [v for t, v in stats["ttft_at"] if k * window <= t < (k + 1) * window]
         for k in range(int(elapsed // window))
     ]
     return {
@@ -244,7 +244,8 @@ def soak_figures(stats: dict, elapsed: float) -> dict:
         "ttft_p99_first_window_s": p99_first,
         "ttft_p99_last_window_s": p99_last,
         "ttft_p99_change_pct": ttft_change,
-        "ttft_p99_by_window_s": per_window,
+        "ttft_p50_by_window_s": [quantile(w, 0.5) for w in windows],
+        "ttft_p99_by_window_s": [quantile(w, 0.99) for w in windows],
         "ok": bool(
             not stats["errors"]
             and rss_change is not None
