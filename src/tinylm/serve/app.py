@@ -147,10 +147,7 @@ class Server:
             results = await answers.collect(events)
         finally:
             watcher.cancel()
-        used = responses.usage(prompt_tokens, answers.tokens)
-        # shaped and encoded in a thread: with log-probabilities a body runs to megabytes,
-        # which would hold up every stream while the event loop wrote it
-        return await asyncio.to_thread(lambda: JSONResponse(shape.body(results, used)))
+        return await rendered(shape, results, responses.usage(prompt_tokens, answers.tokens))
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
@@ -198,6 +195,12 @@ class Server:
     async def playground(self, request: Request) -> Response:
         page = (resources.files("tinylm") / "static" / "playground.html").read_text()
         return HTMLResponse(page)
+
+
+async def rendered(shape, results, usage) -> JSONResponse:
+    """A whole answer, shaped and encoded in a thread: with log-probabilities it runs to
+    megabytes, which would hold up every stream while the event loop wrote it."""
+    return await asyncio.to_thread(lambda: JSONResponse(shape.body(results, usage)))
 
 
 def read_prompt(task, given):
