@@ -3,6 +3,13 @@ Prints one JSON line: requests/s, tokens/s, p50/p99 time to first token, errors.
 
     python bench/serve.py --run runs/pile-bpe            # 64 clients, 60 s
     python bench/serve.py                                # first trains the pile-bpe preset for 60 s
+    python bench/serve.py --run runs/pile-bpe --soak     # 32 streaming clients, 10 minutes
+
+--soak looks for leaks and slow-downs: streaming clients only (completions and chat), the
+server's resident memory (VmRSS of /proc/PID/status) sampled every 5 s, and the verdict on one
+line: 0 errors, memory at the end within 5 % of its value after the first minute, and the time
+to first token's p99 in the last minute within 20 % of the first minute's (the window is a
+quarter of the run when the run is shorter than 4 minutes, as a smoke run is).
 
 Each client loops: picks a request (by default 70 % streamed completions with max_tokens=32,
 15 % streamed chat completions with max_tokens=32, 15 % scoring: echo of a ~1,000-character
@@ -105,13 +112,20 @@ def has_text(chunk: dict) -> bool:
     return bool(choice.get("text") or choice.get("delta", {}).get("content"))
 
 
+class StreamError(Exception):
+    """An error event inside a streamed answer (the job failed on the server)."""
+
+
 async def read_stream(response, start: float) -> tuple[int, float | None]:
     """(chunks with text, seconds from `start` to the first of them) of a streamed answer."""
     tokens, first = 0, None
     async for line in response.aiter_lines():
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
-        if has_text(json.loads(line[6:])):
+        event = json.loads(line[6:])
+        if "error" in event:
+            raise StreamError(event["error"]["message"])
+        if has_text(event):
             tokens += 1
             if first is None:
                 first = time.perf_counter() - start
@@ -147,27 +161,41 @@ async def client(http, base, stop_at, stats, max_tokens, mix, texts):
         stats["tokens"] += tokens
         if first is not None:
             stats["ttft"].append(first)
+            stats["ttft_at"].append((start + first - stats["start"], first))
 
 
-async def load(base, clients, seconds, max_tokens, mix):
+async def load(base, clients, seconds, max_tokens, mix, pid=None):
+    """Run the clients for `seconds`; with `pid`, sample the server's memory every 5 s."""
     stats = {
         "requests": dict.fromkeys(mix, 0),
         "tokens": 0,
         "scored_tokens": 0,
         "ttft": [],
+        "ttft_at": [],  # (seconds since the start, time to first token)
+        "rss_at": [],  # (seconds since the start, resident MB of the server)
         "score_latency": [],
         "errors": [],
     }
     texts = passages()
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        start = time.perf_counter()
+        start = stats["start"] = time.perf_counter()
         stop_at = start + seconds
-        await asyncio.gather(
-            *(client(http, base, stop_at, stats, max_tokens, mix, texts) for _ in range(clients))
-        )
+        clients = [
+            client(http, base, stop_at, stats, max_tokens, mix, texts) for _ in range(clients)
+        ]
+        sampler = [sample_rss(pid, start, stop_at, stats["rss_at"])] if pid else []
+        await asyncio.gather(*clients, *sampler)
         elapsed = time.perf_counter() - start
     return stats, elapsed
+
+
+async def sample_rss(pid: int, start: float, stop_at: float, samples: list, every: float = 5):
+    while True:
+        samples.append((time.perf_counter() - start, rss_mb(pid)))
+        if time.perf_counter() >= stop_at:
+            return
+        await asyncio.sleep(min(every, max(0.0, stop_at - time.perf_counter())))
 
 
 def quantile(values: list[float], q: float):
@@ -177,22 +205,72 @@ def quantile(values: list[float], q: float):
 
 def peak_rss_mb(pid: int) -> int:
     """The server's peak resident memory so far (VmHWM, Linux)."""
+    return round(proc_status_kb(pid, "VmHWM") / 1024)
+
+
+def rss_mb(pid: int) -> float:
+    """The server's resident memory now (VmRSS, Linux)."""
+    return round(proc_status_kb(pid, "VmRSS") / 1024, 1)
+
+
+def proc_status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024)
-    return -1
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1024
+
+
+def soak_figures(stats: dict, elapsed: float) -> dict:
+    """The soak's verdict: errors, memory after the first window against the end, and the
+    time to first token's p99 in the first window against the last."""
+    window = min(60.0, elapsed / 4)
+    first = [v for t, v in stats["ttft_at"] if t <= window]
+    last = [v for t, v in stats["ttft_at"] if t >= elapsed - window]
+    after_first = next((mb for t, mb in stats["rss_at"] if t >= window), None)
+    end = stats["rss_at"][-1][1] if stats["rss_at"] else None
+    p99_first, p99_last = quantile(first, 0.99), quantile(last, 0.99)
+    rss_change = round(100 * (end / after_first - 1), 2) if after_first and end else None
+    ttft_change = round(100 * (p99_last / p99_first - 1), 1) if p99_first and p99_last else None
+    windows = [
+        [v for t, v in stats["ttft_at"] if k * window <= t < (k + 1) * window]
+        for k in range(int(elapsed // window))
+    ]
+    return {
+        "window_s": round(window, 1),
+        "rss_mb_after_first_window": after_first,
+        "rss_mb_end": end,
+        "rss_change_pct": rss_change,
+        "rss_mb_samples": [mb for _, mb in stats["rss_at"][:: max(1, len(stats["rss_at"]) // 20)]],
+        "ttft_p99_first_window_s": p99_first,
+        "ttft_p99_last_window_s": p99_last,
+        "ttft_p99_change_pct": ttft_change,
+        "ttft_p50_by_window_s": [quantile(w, 0.5) for w in windows],
+        "ttft_p99_by_window_s": [quantile(w, 0.99) for w in windows],
+        "ok": bool(
+            not stats["errors"]
+            and rss_change is not None
+            and rss_change <= 5
+            and ttft_change is not None
+            and ttft_change <= 20
+        ),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run", type=Path, help="run to serve (default: train a small one)")
-    p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--clients", type=int, help="concurrent clients (64; --soak: 32)")
+    p.add_argument("--seconds", type=float, help="how long the clients run (60; --soak: 600)")
+    p.add_argument("--soak", action="store_true", help="streaming clients; memory and TTFT drift")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--train-seconds", type=float, default=60)
     p.add_argument("--chat", type=float, default=0.15, help="share of chat requests")
     p.add_argument("--score", type=float, default=0.15, help="share of scoring requests")
     args = p.parse_args()
+    if args.soak:
+        args.score = 0.0  # streaming clients only
+    args.clients = args.clients or (32 if args.soak else 64)
+    args.seconds = args.seconds or (600 if args.soak else 60)
     mix = {"completion": 1 - args.chat - args.score, "chat": args.chat, "score": args.score}
     run = args.run or small_model(args.train_seconds)
     port = free_port()
@@ -214,16 +292,20 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.2)
         params = httpx.get(base + "/v1/models").json()["data"][0]["parameters"]
-        stats, elapsed = asyncio.run(load(base, args.clients, args.seconds, args.max_tokens, mix))
+        pid = server.pid if args.soak else None
+        stats, elapsed = asyncio.run(
+            load(base, args.clients, args.seconds, args.max_tokens, mix, pid)
+        )
         server_rss_mb = peak_rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
     requests = sum(stats["requests"].values())
+    soak = soak_figures(stats, elapsed) if args.soak else {}
     print(
         json.dumps(
             {
-                "bench": "serve",
+                "bench": "serve-soak" if args.soak else "serve",
                 "run": str(run),
                 "parameters": params,
                 "clients": args.clients,
@@ -241,6 +323,7 @@ def main() -> None:
                 "requests_by_kind": stats["requests"],
                 "errors": len(stats["errors"]),
                 "error_kinds": sorted(set(map(str, stats["errors"]))),
+                **soak,
             }
         )
     )

@@ -9,6 +9,8 @@ import time
 import httpx
 import uvicorn
 
+from tinylm.serve import server_config
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -17,12 +19,13 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn in a thread, on a free loopback port."""
+    """uvicorn in a thread, on a free loopback port, configured as `tinylm serve` runs it
+    (its connection limits included)."""
 
     def __init__(self, app):
         self.app, self.port = app, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
+        config = server_config(app, "127.0.0.1", self.port, log_level="error")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -2,8 +2,9 @@
 
 requests.py parses and checks requests, responses.py shapes the answers (logprobs.py their
 log-probabilities, answers.py makes them from the engine's events), chat.py turns messages
-into a prompt, guard.py says who may call, worker.py runs the engine's thread, app.py holds the
-routes around one API model (tinylm.Model). `serve()` runs it under uvicorn.
+into a prompt, guard.py says who may call, connections.py what a connection may hold and for
+how long, worker.py runs the engine's thread, app.py holds the routes around one API model
+(tinylm.Model). `serve()` runs it under uvicorn with connections.py's rules.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import uvicorn
 from tinylm.errors import UserError
 from tinylm.serve.answers import StopFilter
 from tinylm.serve.app import create_app
+from tinylm.serve.connections import server_config
 from tinylm.serve.guard import LOOPBACK
 from tinylm.serve.requests import Limits
 
-__all__ = ["Limits", "StopFilter", "create_app", "read_api_key", "serve"]
+__all__ = ["Limits", "StopFilter", "create_app", "read_api_key", "serve", "server_config"]
 
 
 def read_api_key(path: Path | None, given: str | None) -> str | None:
@@ -71,4 +73,12 @@ def serve(
         f"tinylm: serving {app.state.server.name} on http://{host}:{port}/ (Ctrl-C stops)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(
+        server_config(app, host, port, log_level="warning", timeout_graceful_shutdown=3)
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:  # uvicorn has said why (the port taken...)
+        raise SystemExit(3)

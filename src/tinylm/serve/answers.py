@@ -81,8 +81,12 @@ class Answers:
         finish_reason "error"."""
         done = set()
         try:
-            for chunk in shape.opening(len(self.jobs)):
-                yield sse(chunk)
+            # made in a thread: an echoed prompt with log-probabilities is megabytes of JSON
+            opening = await asyncio.to_thread(
+                lambda: [sse(chunk) for chunk in shape.opening(len(self.jobs))]
+            )
+            for chunk in opening:
+                yield chunk
             while len(done) < len(self.jobs):
                 index, step = await events.get()
                 if index in done:

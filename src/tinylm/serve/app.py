@@ -10,7 +10,7 @@
 The server holds one API model (tinylm.Model) and asks its task what a request may do.
 Requests are parsed in requests.py, answers shaped in responses.py (log-probabilities in
 logprobs.py) and made from the engine's events in answers.py, who may call is checked in
-guard.py; generation runs in one worker thread (worker.py) over the one engine every command
+guard.py, and what a connection may hold in connections.py; generation runs in one worker thread (worker.py) over the one engine every command
 uses, and prompt scoring (echo) in a thread of its own through inference/logprobs.py, the
 path `tinylm eval` takes. Built on Starlette + uvicorn (bench/frameworks.py has the
 measurement behind that choice).
@@ -39,6 +39,7 @@ from tinylm.serve import requests as api
 from tinylm.serve import responses
 from tinylm.serve.answers import Answers
 from tinylm.serve.chat import Chat
+from tinylm.serve.connections import read_body
 from tinylm.serve.guard import Guard, check_key
 from tinylm.serve.logprobs import Names, echo_prompts
 from tinylm.serve.worker import QueueFull, Worker
@@ -73,7 +74,7 @@ class Server:
     async def completions(self, request: Request) -> Response:
         try:
             check_key(request, self.api_key)
-            body = api.parse_json(await read_body(request, self.limits.max_body))
+            body = api.parse_json(await read_body(request, self.limits))
             req = api.parse_completion(body, self.name, self.limits)
             if req.echo:
                 asked(self.task.text_only, "'echo' is served", "echo")
@@ -91,7 +92,7 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         try:
             check_key(request, self.api_key)
-            body = api.parse_json(await read_body(request, self.limits.max_body))
+            body = api.parse_json(await read_body(request, self.limits))
             req = api.parse_chat(body, self.name, self.limits)
             asked(self.task.text_only, "Chat is served", "messages")
             prompt = self.chat.prompt(req.messages)
@@ -146,7 +147,7 @@ class Server:
             results = await answers.collect(events)
         finally:
             watcher.cancel()
-        return JSONResponse(shape.body(results, responses.usage(prompt_tokens, answers.tokens)))
+        return await rendered(shape, results, responses.usage(prompt_tokens, answers.tokens))
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
@@ -196,6 +197,12 @@ class Server:
         return HTMLResponse(page)
 
 
+async def rendered(shape, results, usage) -> JSONResponse:
+    """A whole answer, shaped and encoded in a thread: with log-probabilities it runs to
+    megabytes, which would hold up every stream while the event loop wrote it."""
+    return await asyncio.to_thread(lambda: JSONResponse(shape.body(results, usage)))
+
+
 def read_prompt(task, given):
     """A prompt as text (the task adds the start token) or as token ids (read as given)."""
     read = task.prompt if isinstance(given, str) else task.prompt_ids
@@ -221,24 +228,6 @@ async def cancel_on_disconnect(request: Request, jobs) -> None:
         pass
     for job in jobs:
         job.cancelled.set()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise api.ApiError(
-            415, f"Send the request as application/json, not {ctype or 'no content type'}."
-        )
-    declared = request.headers.get("content-length")
-    too_big = api.ApiError(413, f"The request body is larger than {limit} bytes.")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_big
-    data = bytearray()
-    async for chunk in request.stream():
-        data.extend(chunk)
-        if len(data) > limit:
-            raise too_big
-    return bytes(data)
 
 
 def warm_up(model, engine: Engine) -> None:

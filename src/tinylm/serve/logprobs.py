@@ -16,10 +16,12 @@ import asyncio
 from dataclasses import dataclass
 
 from tinylm.inference.logprobs import score
+from tinylm.serve.requests import ApiError
 from tinylm.tasks import Prompt
 from tinylm.tokenizer import Tokenizer
 
 VERY_UNLIKELY = -9999.0  # what OpenAI reports for a log-probability that is -inf
+MAX_SCORED = 4096  # prompt tokens scored per request (x n): twice what lm-eval sends at most
 
 
 @dataclass
@@ -65,6 +67,14 @@ async def echo_prompts(model, prompts: list[Prompt], req, lock: asyncio.Lock):
     asked for."""
     if not req.echo:
         return None
+    scored = sum(p.tokens for p in prompts) * req.n
+    if req.logprobs is not None and scored > MAX_SCORED:
+        raise ApiError(
+            400,
+            f"'echo' with 'logprobs' scores at most {MAX_SCORED} prompt tokens a request "
+            f"(prompt tokens x n), not {scored}; send the text in parts.",
+            "prompt",
+        )
     if req.logprobs is None:
         echoes = [echo_text(model.tokenizer, p) for p in prompts]
     else:
@@ -74,12 +84,18 @@ async def echo_prompts(model, prompts: list[Prompt], req, lock: asyncio.Lock):
 
 async def score_prompts(model, prompts: list[Prompt], top: int, lock: asyncio.Lock) -> list[Echo]:
     """Each prompt's tokens with their log-probabilities and `top` alternatives, scored in a
-    thread (one scoring at a time) so the server goes on answering meanwhile."""
+    thread (one scoring at a time) so the server goes on answering meanwhile; the entries
+    are made there too (thousands of them would hold up the event loop)."""
     context = model.cfg.model.context_length
+
+    def scored() -> list[Echo]:
+        scores = score(model.net, [p.ids for p in prompts], context, top=max(1, top))
+        return [
+            echo_entries(model.tokenizer, p, s, top) for p, s in zip(prompts, scores, strict=True)
+        ]
+
     async with lock:
-        sequences = [p.ids for p in prompts]
-        scores = await asyncio.to_thread(score, model.net, sequences, context, top=max(1, top))
-    return [echo_entries(model.tokenizer, p, s, top) for p, s in zip(prompts, scores, strict=True)]
+        return await asyncio.to_thread(scored)
 
 
 def echo_entries(tokenizer: Tokenizer, prompt: Prompt, scores, top: int) -> Echo:

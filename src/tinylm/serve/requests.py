@@ -17,6 +17,8 @@ class ApiError(Exception):
     def __init__(
         self, status: int, message: str, param: str | None = None, kind: str | None = None
     ):
+        if len(message) > MAX_MESSAGE:  # a message quoting a huge value: its start and end
+            message = f"{message[: MAX_MESSAGE // 2]} ... {message[-MAX_MESSAGE // 4 :]}"
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
         self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
@@ -25,8 +27,21 @@ class ApiError(Exception):
         body = {
             "error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}
         }
-        headers = {"Retry-After": "1"} if self.status == 503 else None
+        headers = None
+        if self.status == 503:
+            headers = {"Retry-After": "1"}
+        elif self.status in (408, 413):  # the body was not read to its end: the connection
+            headers = {"Connection": "close"}  # cannot carry another request
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+MAX_MESSAGE = 400  # characters of an error message; a longer one is cut in its middle
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as JSON, cut short: error messages quote what they refuse, not all of it."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def busy() -> ApiError:
@@ -37,9 +52,16 @@ def busy() -> ApiError:
 class Limits:
     max_tokens: int = 256  # per request
     max_n: int = 8
-    max_body: int = 64 * 1024  # bytes
+    max_body: int = 64 * 1024  # bytes; it also bounds the prompt's characters
     max_active: int = 64
     max_queue: int = 256
+    max_connections: int = 512  # open at once; beyond, the longest idle one is closed
+    head_timeout: float = 10.0  # seconds for a request's headers to arrive
+    body_timeout: float = 30.0  # seconds for a request's body to arrive
+
+
+MAX_STOPS = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 256  # characters per stop string: the stop filter holds back up to this
 
 
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI allows 5 on completions, 20 on chat)
@@ -81,7 +103,7 @@ KNOWN_FIELDS = {
     "logprobs",
 }
 IGNORED_FIELDS = {  # accepted for compatibility when they ask for nothing we would change
-    "user": None,
+    "user": str,  # a type: any value of it, or null
     "suffix": (None, ""),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
@@ -141,18 +163,26 @@ def parse_stream_options(options) -> bool:
     return flag(options, "include_usage")
 
 
+TYPE_NAMES = {str: "a string", dict: "an object", bool: "true or false"}
+
+
 def check_fields(body: dict, known: set, ignored: dict) -> None:
     for key, value in body.items():
         if key in ignored:
             allowed = ignored[key]
-            if allowed is not None and value not in allowed:
+            if isinstance(allowed, type):
+                if value is not None and not isinstance(value, allowed):
+                    raise ApiError(400, f"'{key}' must be {TYPE_NAMES[allowed]}.", key)
+            elif value not in allowed:
                 raise ApiError(400, f"'{key}' is not supported by this server.", key)
         elif key not in known:
-            raise ApiError(400, f"Unknown field '{key}'.", key)
+            raise ApiError(400, f"Unknown field '{shown(key)}'.", key)
 
 
 def check_model(body: dict, model_name: str) -> None:
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, f"'model' must be a string, not {shown(model)}.", "model")
     if model is not None and model != model_name:
         raise ApiError(
             404,
@@ -197,11 +227,17 @@ def parse_stop(stop) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
     if (
         not isinstance(stops, list)
-        or len(stops) > 4
+        or len(stops) > MAX_STOPS
         or not all(isinstance(s, str) and s for s in stops)
     ):
         raise ApiError(
-            400, "'stop' must be a non-empty string or a list of up to 4 of them.", "stop"
+            400,
+            f"'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them.",
+            "stop",
+        )
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(
+            400, f"Each 'stop' string may have at most {MAX_STOP_CHARS} characters.", "stop"
         )
     return stops
 
@@ -230,7 +266,10 @@ def parse_seed(seed) -> int | None:
 
 
 def flag(body: dict, name: str) -> bool:
-    value = body.get(name, False)
+    """true or false; null is the default (false), as for every other optional field."""
+    value = body.get(name)
+    if value is None:
+        return False
     if not isinstance(value, bool):
         raise ApiError(400, f"'{name}' must be true or false.", name)
     return value
@@ -241,9 +280,9 @@ def integer(body: dict, name: str, default, low: int, high: int):
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"'{name}' must be an integer, not {json.dumps(value)}.", name)
+        raise ApiError(400, f"'{name}' must be an integer, not {shown(value)}.", name)
     if not low <= value <= high:
-        raise ApiError(400, f"'{name}' must be in [{low}, {high}], not {value}.", name)
+        raise ApiError(400, f"'{name}' must be in [{low}, {high}], not {shown(value)}.", name)
     return value
 
 
@@ -253,12 +292,14 @@ def parse_json(data: bytes):
     try:
         body = json.loads(data)
         json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError(400, f"The request body is not valid JSON ({e}).") from None
+    except RecursionError:
+        raise ApiError(400, "The request body is nested too deeply.") from None
     except UnicodeEncodeError:
         raise ApiError(
             400, "The request has text that is not valid Unicode (a lone surrogate)."
         ) from None
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of over 4,300 digits
+        raise ApiError(400, f"The request body is not valid JSON ({e}).") from None
     return body
 
 
@@ -283,16 +324,16 @@ CHAT_FIELDS = {
     "top_logprobs",
 }
 CHAT_IGNORED = {
-    "user": None,
+    "user": str,
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "response_format": (None, {"type": "text"}),
     "tools": (None, []),
     "tool_choice": (None, "none"),
-    "parallel_tool_calls": None,
+    "parallel_tool_calls": bool,
     "store": (None, False),
-    "metadata": None,
+    "metadata": dict,
 }
 
 
@@ -327,10 +368,10 @@ def parse_messages(messages) -> list[dict]:
     out = []
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise ApiError(
                 400,
-                f"messages[{i}] must have a role of system, user or assistant, not {json.dumps(role)} (tools are not supported).",
+                f"messages[{i}] must have a role of system, user or assistant, not {shown(role)} (tools are not supported).",
                 "messages",
             )
         content = m.get("content")
