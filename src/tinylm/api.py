@@ -34,6 +34,7 @@ from tinylm.inference import Engine, Job, Sampling
 from tinylm.models import param_breakdown
 from tinylm.runs import RunDir
 from tinylm.tasks import Prompt, task_for
+from tinylm.training import trackers
 
 CAVEAT = (
     "This run was trained without a causal mask (model.causal=false): every position could see "
@@ -175,12 +176,14 @@ class Model:
         self, data: str | None = None, samples: int = 1000, seed: int = 0, save: bool = True
     ):
         """The run's figures on its test split (or on `data`), beside baselines: the numbers
-        `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data)."""
+        `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data) and
+        sent to the trackers the run trained with (training/trackers.py)."""
         result = self.task.evaluate(self, self.run, data, samples, seed)
         result.data, result.caveat = data or "test split", self.caveat
         if save:
             name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
             self.run.write_json(name, result.to_dict())
+            trackers.report(self.run, Path(name).stem if data else "test", result.to_dict())
         return result
 
     def attention(self, text: str) -> views.Attention:

@@ -29,6 +29,7 @@ from tinylm.runs import RunDir
 from tinylm.tasks import data_for
 from tinylm.tokenizer import Tokenizer
 from tinylm.training.loop import TrainState
+from tinylm.training.trackers import check_installed
 
 BUDGET = ("train.time", "train.max_steps")  # what a resumed run may change
 FLAGS = {"data.source": "--data", "train.seed": "--seed", "init_from": "--init-from"}
@@ -84,6 +85,7 @@ def plan(
         d.setdefault("train", {})["time"] = parse_duration(time) if time is not None else None
         d["train"]["max_steps"] = max_steps
     cfg = RunConfig.from_dict(d)  # the one check
+    check_installed(cfg.train.report_to)
     out = Path(out) if out else default_out(cfg.preset, resume=False)
     return Plan(cfg, out, resume, world_size, *data_for(cfg).batch_split(cfg, world_size))
 
