@@ -234,7 +234,8 @@ class Run:
     run opened afterwards); `main` is false in the processes of a distributed run but rank 0's."""
 
     def __init__(self, path: Path | str, summary: dict | None = None, main: bool = True):
-        self.dir = RunDir.open(Path(path))
+        # another rank's machine may hold no run directory (only rank 0 writes it)
+        self.dir = RunDir.open(Path(path)) if main else RunDir(Path(path))
         self.path, self.summary, self.main = self.dir.path, summary, main
 
     def __repr__(self) -> str:
@@ -291,21 +292,26 @@ def train(
     """Train a model and return its run. `preset`: a preset's name (default `words`), a YAML
     file or a RunConfig; `time` a budget such as 300, "90s", "5m"; `overrides` such as
     `{"model.d_model": 128}`. With `resume`, the run in `out` goes on exactly as it started.
-    Under torchrun every process calls it; each returns the run."""
+    Under torchrun every process calls it; each returns the run, planned by rank 0 alone (the
+    others may run on machines without the run directory)."""
     with dist.session(device) as env:
-        p = training.plan(
-            preset,
-            overrides,
-            out=out,
-            data=data,
-            seed=seed,
-            time=time,
-            max_steps=max_steps,
-            init_from=init_from,
-            resume=resume,
-            world_size=env.world_size,
-            device=device,
-        )
+        with dist.errors_together(env):
+            p = None
+            if env.is_main:
+                p = training.plan(
+                    preset,
+                    overrides,
+                    out=out,
+                    data=data,
+                    seed=seed,
+                    time=time,
+                    max_steps=max_steps,
+                    init_from=init_from,
+                    resume=resume,
+                    world_size=env.world_size,
+                    device=device,
+                )
+        p = dist.broadcast_object(p, env)
         run_dir, summary = training.run(p, device=device, show_progress=progress)
     return Run(run_dir.path, summary, env.is_main)
 

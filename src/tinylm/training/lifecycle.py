@@ -15,6 +15,7 @@ the ranks computed; everything downstream trusts the Plan.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -278,3 +279,22 @@ def reload(run: RunDir, p: Plan) -> RunData:
     """The data of an existing run (a resumed run, or another rank of a distributed one)."""
     data = data_for(p.cfg).reload(run, p.cfg)
     return run_data(p, data, run.tokenizer(p.cfg))
+
+
+# What the other ranks read of the run directory. Rank 0 sends it to them, so that only its
+# machine holds the run directory (several machines: docs/training.md).
+RANK_FILES = ("tinylm.yaml", "tokenizer*.json", "checkpoint.safetensors", "split/*")
+
+
+def files_for_ranks(run: RunDir) -> dict[str, bytes]:
+    paths = sorted({p for pattern in RANK_FILES for p in run.path.glob(pattern) if p.is_file()})
+    return {str(p.relative_to(run.path)): p.read_bytes() for p in paths}
+
+
+def rank_copy(files: dict[str, bytes]) -> RunDir:
+    """Another rank's view of the run: a private copy of what rank 0 sent, read only."""
+    folder = Path(tempfile.mkdtemp(prefix="tinylm-rank-"))
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return RunDir(folder)
