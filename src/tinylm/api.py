@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from tinylm import card, explain, report, results, training, views
 from tinylm import distributed as dist
-from tinylm import explain, report, results, training, views
 from tinylm.config import RunConfig
 from tinylm.data import words as data_words
 from tinylm.data.text import open_corpus
@@ -177,13 +177,16 @@ class Model:
     ):
         """The run's figures on its test split (or on `data`), beside baselines: the numbers
         `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data) and
-        sent to the trackers the run trained with (training/trackers.py)."""
+        sent to the trackers the run trained with (training/trackers.py); the test split's
+        figures go into the model card too (card.py)."""
         result = self.task.evaluate(self, self.run, data, samples, seed)
         result.data, result.caveat = data or "test split", self.caveat
         if save:
             name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
             self.run.write_json(name, result.to_dict())
             trackers.report(self.run, Path(name).stem if data else "test", result.to_dict())
+            if not data:
+                card.write(self)
         return result
 
     def attention(self, text: str) -> views.Attention:
@@ -293,7 +296,8 @@ def train(
     file or a RunConfig; `time` a budget such as 300, "90s", "5m"; `overrides` such as
     `{"model.d_model": 128}`. With `resume`, the run in `out` goes on exactly as it started.
     Under torchrun every process calls it; each returns the run, planned by rank 0 alone (the
-    others may run on machines without the run directory)."""
+    others may run on machines without the run directory). Its model card (card.py) is written
+    at the end, unless training was interrupted."""
     with dist.session(device) as env:
         with dist.errors_together(env):
             p = None
@@ -313,7 +317,11 @@ def train(
                 )
         p = dist.broadcast_object(p, env)
         run_dir, summary = training.run(p, device=device, show_progress=progress)
-    return Run(run_dir.path, summary, env.is_main)
+    run = Run(run_dir.path, summary, env.is_main)
+    if run.main and summary["reason"] != "interrupted":
+        card.record_training(run.dir, summary, p.cfg, env, device)
+        card.write(run.load(device), fresh_samples=True)
+    return run
 
 
 def load_words(source: str = "words", min_len: int = 3, max_len: int = 15) -> list[str]:
