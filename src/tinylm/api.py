@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm import card, explain, report, results, training, views
+from tinylm import card, explain, hub, report, results, training, views
 from tinylm import distributed as dist
 from tinylm.config import RunConfig
 from tinylm.data import words as data_words
@@ -322,6 +322,24 @@ def train(
         card.record_training(run.dir, summary, p.cfg, env, device)
         card.write(run.load(device), fresh_samples=True)
     return run
+
+
+def push(
+    run: Path | str | Run, repo: str, *, private: bool = False, dry_run: bool = False
+) -> tuple[list[str], str | None]:
+    """Share a run on the Hugging Face Hub as the model repository `repo` (OWNER/NAME): its
+    card, written again to name the repository, then the files `hub.shared_files` lists (never
+    the resume checkpoint, the split or a temporary). Returns (the files, the repository's
+    address); `dry_run` writes the card and lists the files but sends nothing. Needs a login
+    (`hf auth login`); offline, one sentence within seconds."""
+    repo = hub.repo_id(repo)
+    token = None if dry_run else hub.login(repo)
+    model = load(run, device="cpu")
+    card.write(model, repo=repo)
+    files = hub.shared_files(model.run.path)
+    if dry_run:
+        return files, None
+    return files, hub.upload(model.run.path, files, repo, token, private)
 
 
 def load_words(source: str = "words", min_len: int = 3, max_len: int = 15) -> list[str]:
