@@ -1,6 +1,7 @@
 """Run by test_distributed.py, once per rank: `tinylm ARGS...` through the real CLI, recording
 per rank a checksum of the final weights, the training summary, every write into the run
-directory, the targets of each micro-batch and how often DDP's no_sync was entered. Usage: ddp_worker.py REPORT ARGS..."""
+directory, the targets of each micro-batch and how often DDP's no_sync was entered. Usage:
+ddp_worker.py REPORT ARGS... (TINYLM_TEST_STOP_AT=N: stop after step N, as Ctrl-C would)."""
 
 import json
 import os
@@ -28,9 +29,12 @@ tinylm.runs.RunDir.log = lambda self, record: (
     original_log(self, record),
 )[1]
 original_fit = tinylm.training.fit
+stop_at = int(os.environ.get("TINYLM_TEST_STOP_AT", "0"))  # as Ctrl-C after that step would
 
 
 def fit(run, cfg, model, *args, **kwargs):
+    if stop_at:
+        kwargs["should_stop"] = lambda state: state.step >= stop_at
     summary = original_fit(run, cfg, model, *args, **kwargs)
     checksums.update({k: float(v.double().sum()) for k, v in model.state_dict().items()})
     summaries.append(summary)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from live_server import free_port
 
 from conftest import TINY_MODEL, TINY_TEXT_MODEL
@@ -38,7 +39,9 @@ def train_args(out, data, steps) -> list[str]:
 
 
 def worker_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+    """The workers import this checkout's tinylm (not another one installed in the venv)."""
+    path = os.pathsep.join([str(HERE), str(HERE.parent / "src")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def start_ranks(report, argv) -> list[subprocess.Popen]:
@@ -67,7 +70,10 @@ def finish(procs, timeout=240) -> list[tuple[int, str]]:
     return [(p.wait(timeout=timeout), p.communicate()[1]) for p in procs]
 
 
-def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_path, text_file):
+@pytest.fixture(scope="module")
+def one_machine(tmp_path_factory, text_file):
+    """Two processes on one machine, as `torchrun --nproc_per_node=2` starts them."""
+    tmp_path = tmp_path_factory.mktemp("one-machine")
     out, report = tmp_path / "ddp", tmp_path / "report"
     cmd = [
         sys.executable,
@@ -80,9 +86,14 @@ def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_pa
         *train_args(out, text_file, 12),
     ]
     result = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=300)
+    return result, out, report
+
+
+def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(one_machine):
+    result, out, report = one_machine
     assert result.returncode == 0, result.stderr[-3000:]
     assert not [n for n in NOISE if n in result.stderr], result.stderr[-3000:]
-    r0, r1 = (json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = reports(report)
     assert r0["code"] == r1["code"] == 0
     [s0], [s1] = r0["summaries"], r1["summaries"]
     assert s0["step"] == s1["step"] == 12
@@ -101,6 +112,87 @@ def test_two_processes_under_torchrun_stay_in_sync_and_only_rank_0_writes(tmp_pa
     assert r0["no_sync"] == r1["no_sync"] == 12
     assert "Stopped (budget) after 12 steps" in result.stdout  # said once, by rank 0
     assert result.stdout.count("Stopped (") == 1
+
+
+def reports(report: Path) -> list[dict]:
+    return [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def two_machines(tmp_path, argv, cwds, env: dict | None = None) -> list[tuple[int, str, str]]:
+    """Two "machines" of one process each, on the loopback address, meeting through torchrun's
+    c10d rendezvous as docs/training.md says; machine i runs in cwds[i] with its own token cache
+    and writes its rank's report as tmp_path/report-i.rankR.json."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = []
+    for i, cwd in enumerate(cwds):
+        cwd.mkdir(exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            "--rdzv-id=tinylm-test",
+            str(HERE / "ddp_worker.py"),
+            str(tmp_path / f"report-{i}"),
+            *argv,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env={**worker_env(), "TINYLM_CACHE": str(cwd / "cache"), **(env or {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return [(p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+def test_two_machines_train_the_same_model_and_only_rank_0s_holds_the_run(
+    tmp_path, text_file, one_machine
+):
+    """Each machine has its own folder and token cache; the run directory (a relative --out)
+    is written on rank 0's machine only, and the other needs none."""
+    cwds = [tmp_path / "a", tmp_path / "b"]
+    results = two_machines(tmp_path, train_args(Path("run"), text_file, 12), cwds)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+        assert "Traceback" not in err and "terminate called" not in err, err[-3000:]
+    main = 0 if Path(f"{tmp_path}/report-0.rank0.json").is_file() else 1
+    r0 = json.loads(Path(f"{tmp_path}/report-{main}.rank0.json").read_text())
+    r1 = json.loads(Path(f"{tmp_path}/report-{1 - main}.rank1.json").read_text())
+    assert (cwds[main] / "run" / "tinylm.yaml").is_file() and not (cwds[1 - main] / "run").exists()
+    assert r0["writes"] and not r1["writes"]
+    assert r0["checksums"] == r1["checksums"] == reports(one_machine[2])[0]["checksums"]
+    assert [s["step"] for s in r0["summaries"] + r1["summaries"]] == [12, 12]
+    assert "".join(out for _, out, _ in results).count("Stopped (budget) after 12 steps") == 1
+
+
+def test_two_machines_resume_a_run_and_end_as_an_uninterrupted_one(
+    tmp_path, text_file, one_machine
+):
+    """Stopped after step 7 (as Ctrl-C stops it), then `--resume` on both machines: the same
+    weights as the one-machine run of 12 steps. Here both machines see one folder; on real
+    machines the one holding the run directory must become rank 0 again (docs/training.md)."""
+    cwd, argv = tmp_path / "shared", train_args(Path("run"), text_file, 12)
+    stopped = two_machines(tmp_path, argv, [cwd, cwd], env={"TINYLM_TEST_STOP_AT": "7"})
+    for i in (0, 1):
+        for rank in (0, 1):
+            path = Path(f"{tmp_path}/report-{i}.rank{rank}.json")
+            if path.is_file():
+                [summary] = json.loads(path.read_text())["summaries"]
+                assert summary["reason"] == "interrupted" and summary["step"] == 7, stopped
+                path.unlink()
+    results = two_machines(tmp_path, [*argv, "--resume"], [cwd, cwd])
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("report-*.rank*.json"))]
+    assert len(ranks) == 2 and [s["step"] for r in ranks for s in r["summaries"]] == [12, 12]
+    assert ranks[0]["checksums"] == ranks[1]["checksums"] == reports(one_machine[2])[0]["checksums"]
 
 
 def test_a_user_error_on_rank_0_ends_every_rank_with_one_sentence(tmp_path):

@@ -53,7 +53,9 @@ class Page:
         self.servers: list[subprocess.Popen] = []
         (folder / "my_texts").mkdir()
         shutil.copy(text_file, folder / "my_texts" / "texts.jsonl")
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+        # this checkout's tinylm, not another one installed in the environment
+        path = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])
+        self.env = {**os.environ, "PYTHONPATH": path}
 
     def here(self, text: str) -> str:
         """The page's text with this run's port for the server's."""

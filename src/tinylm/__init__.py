@@ -7,6 +7,8 @@
     model.generate("Once upon a time", max_new_tokens=25, seed=1)
     model.evaluate(), model.attention("tra"), model.tokens("Some text")
     run.metrics, run.plot(), run.report("report.html")
+    tinylm.push("runs/w", "me/words")                         # to the Hugging Face Hub
+    model = tinylm.load("hf:me/words")                        # and back, on any machine
 
 The API is in tinylm/api.py; its results are dataclasses in tinylm/results.py. Mistakes raise
 `tinylm.UserError` with one sentence.
@@ -33,6 +35,7 @@ _WHERE = {
         "load_documents",
         "load_words",
         "plot",
+        "push",
         "train",
     ],
     "tinylm.config": ["RunConfig"],
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
         load_documents,
         load_words,
         plot,
+        push,
         train,
     )
     from tinylm.config import RunConfig  # noqa: F401

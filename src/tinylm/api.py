@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from tinylm import card, explain, hub, report, results, training, views
 from tinylm import distributed as dist
-from tinylm import explain, report, results, training, views
 from tinylm.config import RunConfig
 from tinylm.data import words as data_words
 from tinylm.data.text import open_corpus
@@ -34,6 +34,7 @@ from tinylm.inference import Engine, Job, Sampling
 from tinylm.models import param_breakdown
 from tinylm.runs import RunDir
 from tinylm.tasks import Prompt, task_for
+from tinylm.training import trackers
 
 CAVEAT = (
     "This run was trained without a causal mask (model.causal=false): every position could see "
@@ -175,12 +176,17 @@ class Model:
         self, data: str | None = None, samples: int = 1000, seed: int = 0, save: bool = True
     ):
         """The run's figures on its test split (or on `data`), beside baselines: the numbers
-        `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data)."""
+        `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data) and
+        sent to the trackers the run trained with (training/trackers.py); the test split's
+        figures go into the model card too (card.py)."""
         result = self.task.evaluate(self, self.run, data, samples, seed)
         result.data, result.caveat = data or "test split", self.caveat
         if save:
             name = "eval.json" if not data else f"eval-{Path(data.replace('hf:', '')).stem}.json"
             self.run.write_json(name, result.to_dict())
+            trackers.report(self.run, Path(name).stem if data else "test", result.to_dict())
+            if not data:
+                card.write(self)
         return result
 
     def attention(self, text: str) -> views.Attention:
@@ -231,7 +237,8 @@ class Run:
     run opened afterwards); `main` is false in the processes of a distributed run but rank 0's."""
 
     def __init__(self, path: Path | str, summary: dict | None = None, main: bool = True):
-        self.dir = RunDir.open(Path(path))
+        # another rank's machine may hold no run directory (only rank 0 writes it)
+        self.dir = RunDir.open(Path(path)) if main else RunDir(Path(path))
         self.path, self.summary, self.main = self.dir.path, summary, main
 
     def __repr__(self) -> str:
@@ -288,23 +295,51 @@ def train(
     """Train a model and return its run. `preset`: a preset's name (default `words`), a YAML
     file or a RunConfig; `time` a budget such as 300, "90s", "5m"; `overrides` such as
     `{"model.d_model": 128}`. With `resume`, the run in `out` goes on exactly as it started.
-    Under torchrun every process calls it; each returns the run."""
+    Under torchrun every process calls it; each returns the run, planned by rank 0 alone (the
+    others may run on machines without the run directory). Its model card (card.py) is written
+    at the end, unless training was interrupted."""
     with dist.session(device) as env:
-        p = training.plan(
-            preset,
-            overrides,
-            out=out,
-            data=data,
-            seed=seed,
-            time=time,
-            max_steps=max_steps,
-            init_from=init_from,
-            resume=resume,
-            world_size=env.world_size,
-            device=device,
-        )
+        with dist.errors_together(env):
+            p = None
+            if env.is_main:
+                p = training.plan(
+                    preset,
+                    overrides,
+                    out=out,
+                    data=data,
+                    seed=seed,
+                    time=time,
+                    max_steps=max_steps,
+                    init_from=init_from,
+                    resume=resume,
+                    world_size=env.world_size,
+                    device=device,
+                )
+        p = dist.broadcast_object(p, env)
         run_dir, summary = training.run(p, device=device, show_progress=progress)
-    return Run(run_dir.path, summary, env.is_main)
+    run = Run(run_dir.path, summary, env.is_main)
+    if run.main and summary["reason"] != "interrupted":
+        card.record_training(run.dir, summary, p.cfg, env, device)
+        card.write(run.load(device), fresh_samples=True)
+    return run
+
+
+def push(
+    run: Path | str | Run, repo: str, *, private: bool = False, dry_run: bool = False
+) -> tuple[list[str], str | None]:
+    """Share a run on the Hugging Face Hub as the model repository `repo` (OWNER/NAME): its
+    card, written again to name the repository, then the files `hub.shared_files` lists (never
+    the resume checkpoint, the split or a temporary). Returns (the files, the repository's
+    address); `dry_run` writes the card and lists the files but sends nothing. Needs a login
+    (`hf auth login`); offline, one sentence within seconds."""
+    repo = hub.repo_id(repo)
+    token = None if dry_run else hub.login(repo)
+    model = load(run, device="cpu")
+    card.write(model, repo=repo)
+    files = hub.shared_files(model.run.path)
+    if dry_run:
+        return files, None
+    return files, hub.upload(model.run.path, files, repo, token, private)
 
 
 def load_words(source: str = "words", min_len: int = 3, max_len: int = 15) -> list[str]:

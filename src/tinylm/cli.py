@@ -53,6 +53,7 @@ def cmd_train(args) -> int:
         print(model.demo())
     print(f"Loss curve: {run.dir.loss_plot_path}")
     print(f"A page about this run: tinylm report {run.path}")
+    print(f"Its model card: {run.path / 'README.md'}; share it: tinylm push {run.path} OWNER/NAME")
     return 0
 
 
@@ -191,7 +192,14 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     if not args.gguf:
         raise UserError("Name the format to export to: --gguf (for llama.cpp and Ollama).")
-    print(tinylm.export_gguf(args.run, args.out, args.dtype))
+    print(tinylm.Run(args.run).export_gguf(args.out, args.dtype))  # a directory or hf:OWNER/NAME
+    return 0
+
+
+def cmd_push(args) -> int:
+    files, url = tinylm.push(args.run, args.repo, private=args.private, dry_run=args.dry_run)
+    print("\n".join(files))
+    print(f"Would send these {len(files)} files." if url is None else f"Pushed to {url}")
     return 0
 
 
@@ -212,6 +220,7 @@ COMMANDS = {
     "report": cmd_report,
     "plot": cmd_plot,
     "export": cmd_export,
+    "push": cmd_push,
     "info": cmd_info,
 }
 

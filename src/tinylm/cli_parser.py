@@ -1,5 +1,6 @@
 """The command line's arguments: one subcommand a command of cli.py, each with its options and
-help. Building the parser imports nothing heavy, so `tinylm --help` answers at once."""
+help. Building the parser imports nothing heavy, so `tinylm --help` answers at once. Every RUN
+is a run directory or `hf:OWNER/NAME`, a run on the Hugging Face Hub (hub.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ def build_parser() -> Parser:
     x.add_argument("--gguf", action="store_true", help="write GGUF (with an Ollama Modelfile)")
     x.add_argument("--out", type=Path, help="the file (default: RUN/model-DTYPE.gguf)")
     x.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32", help="weights' type")
+
+    u = sub.add_parser("push", help="share a run on the Hugging Face Hub, with its model card")
+    u.add_argument("run", type=Path)
+    u.add_argument("repo", metavar="OWNER/NAME", help="the model repository (created if need be)")
+    u.add_argument("--private", action="store_true", help="a private repository, if new")
+    u.add_argument(
+        "--dry-run", action="store_true", help="write the card and list the files; send nothing"
+    )
 
     i = sub.add_parser("info", help="configuration, parameters, split and best metrics of a run")
     i.add_argument("run", type=Path)

@@ -67,8 +67,11 @@ def _num(x: float) -> str:
 
 
 def setting(default, *, at_least=None, above=None, at_most=None, below=None, choices=()):
-    """A config field with its rule, e.g. `lr: float = setting(3e-3, at_least=0)`."""
+    """A config field with its rule, e.g. `lr: float = setting(3e-3, at_least=0)`. A list
+    field's rule holds for each of its items."""
     rule = Rule(at_least, above, at_most, below, tuple(choices))
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule})
     return field(default=default, metadata={"rule": rule})
 
 
@@ -76,6 +79,11 @@ def _check_fields(section, prefix: str) -> None:
     for f in fields(section):
         rule, value = f.metadata.get("rule"), getattr(section, f.name)
         if value is None or isinstance(value, bool) or rule is None:
+            continue
+        if isinstance(value, list):
+            bad = [item for item in value if not rule.allows(item)]
+            if bad:
+                raise UserError(f"{prefix}{f.name} has '{bad[0]}'; each must be {rule.describe()}.")
             continue
         if not rule.allows(value):
             shown = f"'{value}'" if isinstance(value, str) else _num(value)
@@ -184,6 +192,9 @@ class ModelConfig:
             )
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")  # train.report_to's choices
+
+
 @dataclass
 class TrainConfig:
     time: float | None = setting(300.0, above=0)  # seconds (validation excluded); None: no limit
@@ -218,6 +229,10 @@ class TrainConfig:
     # train 15-40 % more tokens in the same time (bench/README.md)
     compile: bool = True
     log_every: int = setting(25, at_least=1)  # steps between training-loss lines in metrics.jsonl
+    # where the figures of metrics.jsonl also go, from rank 0 (training/trackers.py): any of
+    # TRACKERS, a list or one comma-separated string (train.report_to=tensorboard,wandb); each
+    # an optional extra (pip install 'tinylm[wandb]'). None by default.
+    report_to: list[str] = setting([], choices=TRACKERS)
 
 
 # What each task reads, and the architectures and tokenizers that serve it.
@@ -337,6 +352,10 @@ def _coerce(value, hint, name: str, f):
     kinds = {t for t in (int, float, bool, str, list) if t.__name__ in str(hint)}
     if value is None and "None" in str(hint):
         return None
+    rule = f.metadata.get("rule")
+    if list in kinds and isinstance(value, str) and rule and rule.choices:
+        # a list of choices (no choice holds a comma) may be one comma-separated string
+        return [item.strip() for item in value.split(",") if item.strip()]
     if float in kinds and isinstance(value, str):
         try:
             return float(value)
@@ -350,7 +369,6 @@ def _coerce(value, hint, name: str, f):
         kinds = set()
     if not any(isinstance(value, k) for k in kinds):
         want = " or ".join(_KIND_WORDS[k] for k in (int, float, bool, str, list) if k in kinds)
-        rule = f.metadata.get("rule")
         if rule and not rule.choices:
             want += f", {rule.describe()}"
         if "None" in str(hint):

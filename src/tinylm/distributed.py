@@ -117,6 +117,15 @@ def gather(obj, env: DistEnv) -> list:
     return out
 
 
+def broadcast_object(obj, env: DistEnv):
+    """Rank 0's `obj` on every rank (pickled, between the processes of one run)."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
+
+
 @contextlib.contextmanager
 def errors_together(env: DistEnv) -> Iterator[None]:
     """Every rank enters the block (some may do nothing in it); a UserError raised on any rank

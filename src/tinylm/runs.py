@@ -9,7 +9,9 @@
       metrics.jsonl          one JSON object per logged step / validation
       loss.png               training and validation loss
       split/                 the data split (word lists, or a record of the document split)
-      eval.json, samples.txt written by `tinylm eval`
+      eval.json              written by `tinylm eval`
+      README.md              the model card (card.py), with card.json and samples.txt
+      trackers.json          the trackers' runs (train.report_to, training/trackers.py)
 
 A new run directory is built in a hidden folder beside its final place and renamed there in
 one step, with a first checkpoint (step 0) inside: a run directory either holds everything
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm import atomic, checkpoints
+from tinylm import atomic, checkpoints, hub
 from tinylm.config import RunConfig
 from tinylm.data.files import warn
 from tinylm.errors import UserError
@@ -114,7 +116,8 @@ class RunDir:
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
-        run = cls(path)
+        """The run in `path`, or in `hf:OWNER/NAME`'s copy in the Hugging Face cache (hub.py)."""
+        run = cls(hub.local_copy(path))
         if not run.path.is_dir():
             raise UserError(f"Run directory {run.path} does not exist.")
         if not run.config_path.is_file():

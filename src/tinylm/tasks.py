@@ -53,6 +53,28 @@ class Prompt:
         return len(self.ids) - (1 if self.start else 0)
 
 
+# What a model card says of each task (card.py): its limits, and its headline figures as
+# (eval.json's key, the Hub's metric type, a label)
+TEXT_LIMITS = (
+    "A model this small, trained for minutes, writes text that is fluent over a few words but "
+    "neither coherent nor factual: do not rely on what it says."
+)
+TEXT_FIGURES = (
+    ("bits_per_byte", "bits_per_byte", "bits per byte (lower is better)"),
+    ("perplexity", "perplexity", "perplexity per token"),
+    ("top1_accuracy", "accuracy", "top-1 next-token accuracy"),
+)
+WORD_LIMITS = (
+    "It completes single words: it writes the letters that may follow a prefix and stops at the "
+    "end of the word. It does not continue sentences or know what words mean, and some of its "
+    "words are plausible inventions rather than words of the language."
+)
+WORD_FIGURES = (
+    ("bits_per_char", "bits_per_character", "bits per character, M1 (lower is better)"),
+    ("next_char_accuracy", "accuracy", "next-character accuracy, M2"),
+)
+
+
 class Task:
     """The contract: see the module docstring."""
 
@@ -100,6 +122,10 @@ class TextTask(Task):
     default_max_tokens = 25  # the text notebook's
     default_demo = ["The"]  # for a run whose config names no demo prompts
     evaluation = TextEvaluation  # what `evaluate` returns
+    # the model card (card.py): what the model does, what it cannot, its headline figures, what
+    # a test item is, and the command that shows it at work
+    purpose, limits, figures = "given a prompt, it continues the text", TEXT_LIMITS, TEXT_FIGURES
+    items, command = "documents", "generate"
 
     def prompt(self, text: str) -> Prompt:
         """The start token, then the prompt's tokens (a prompt longer than the context keeps
@@ -190,6 +216,8 @@ class WordTask(Task):
     data = WordData
     default_demo = ["fin", "tra", "com"]
     evaluation = WordEvaluation
+    purpose = "given the first letters of a word, it writes the rest of the word"
+    limits, figures, items, command = WORD_LIMITS, WORD_FIGURES, "words", "complete"
 
     @property
     def max_len(self) -> int:

@@ -15,6 +15,7 @@ the ranks computed; everything downstream trusts the Plan.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tinylm.runs import RunDir
 from tinylm.tasks import data_for
 from tinylm.tokenizer import Tokenizer
 from tinylm.training.loop import TrainState
+from tinylm.training.trackers import check_installed
 
 BUDGET = ("train.time", "train.max_steps")  # what a resumed run may change
 FLAGS = {"data.source": "--data", "train.seed": "--seed", "init_from": "--init-from"}
@@ -84,6 +86,7 @@ def plan(
         d.setdefault("train", {})["time"] = parse_duration(time) if time is not None else None
         d["train"]["max_steps"] = max_steps
     cfg = RunConfig.from_dict(d)  # the one check
+    check_installed(cfg.train.report_to)
     out = Path(out) if out else default_out(cfg.preset, resume=False)
     return Plan(cfg, out, resume, world_size, *data_for(cfg).batch_split(cfg, world_size))
 
@@ -276,3 +279,22 @@ def reload(run: RunDir, p: Plan) -> RunData:
     """The data of an existing run (a resumed run, or another rank of a distributed one)."""
     data = data_for(p.cfg).reload(run, p.cfg)
     return run_data(p, data, run.tokenizer(p.cfg))
+
+
+# What the other ranks read of the run directory. Rank 0 sends it to them, so that only its
+# machine holds the run directory (several machines: docs/training.md).
+RANK_FILES = ("tinylm.yaml", "tokenizer*.json", "checkpoint.safetensors", "split/*")
+
+
+def files_for_ranks(run: RunDir) -> dict[str, bytes]:
+    paths = sorted({p for pattern in RANK_FILES for p in run.path.glob(pattern) if p.is_file()})
+    return {str(p.relative_to(run.path)): p.read_bytes() for p in paths}
+
+
+def rank_copy(files: dict[str, bytes]) -> RunDir:
+    """Another rank's view of the run: a private copy of what rank 0 sent, read only."""
+    folder = Path(tempfile.mkdtemp(prefix="tinylm-rank-"))
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return RunDir(folder)

@@ -243,7 +243,6 @@ def save_checkpoint(t: Training) -> None:
 
 
 def finish(t: Training, reason: str) -> dict:
-    t.log.close()
     state = t.state
     if reason == "interrupted":
         # No validation here: it would change the early-stopping state, and a resumed run must
@@ -253,6 +252,7 @@ def finish(t: Training, reason: str) -> dict:
     elif state.last_eval_step != state.step and reason != "diverged":
         validate(t)
     save_checkpoint(t)
+    t.log.close()  # after the last validation: its line reaches the trackers too
     if t.env.is_main:
         plot_losses([(t.run.path.name, t.run.metrics())], t.run.loss_plot_path)
     return {

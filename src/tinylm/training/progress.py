@@ -1,5 +1,6 @@
-"""What the user sees while a model trains: the metrics log (JSON lines), the progress bar
-with rate and time left, and Ctrl-C (stop after this step; twice: at once)."""
+"""What the user sees while a model trains: the metrics log (JSON lines) and the trackers it
+feeds (trackers.py), the progress bar with rate and time left, and Ctrl-C (stop after this
+step; twice: at once)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from tinylm import distributed as dist
 from tinylm.config import TrainConfig
 from tinylm.runs import RunDir
+from tinylm.training import trackers
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Progress:
         self.window = window
         self.loss_sum = torch.tensor(window.window_loss, device=device)
         self.val = state.best_val if state.best_val < math.inf else None
+        with dist.errors_together(env):  # a tracker that cannot start stops every rank
+            names = cfg.report_to if env.is_main else []
+            self.trackers = trackers.start(run, names, state.step)
         total = cfg.time if cfg.time else cfg.max_steps
         self.bar = tqdm(
             total=total,
@@ -80,6 +85,7 @@ class Progress:
         self.write(
             {"step": s.step, "time": round(s.elapsed, 3), "tokens": s.tokens, "val_loss": val}
         )
+        self.trackers.flush()  # a checkpoint follows: what it covers is on disk
 
     def counters(self) -> dict:
         """The window's counters for a checkpoint (the loss read from the device)."""
@@ -89,9 +95,11 @@ class Progress:
     def write(self, record: dict) -> None:
         if self.env.is_main:
             self.run.log(record)
+            self.trackers.log(record)
 
     def close(self) -> None:
         self.bar.close()
+        self.trackers.close()
 
 
 class StopRequest:
