@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -99,6 +99,38 @@ def compile_unavailable(device: torch.device) -> str | None:
     elif device.type == "mps":
         return "torch.compile is not used on MPS (its support there is experimental)"
     return None
+
+
+@contextmanager
+def deterministic_compiled_kernels(device: torch.device, compiled: bool):
+    """While a compiled model trains on a CPU: torch's deterministic mode, so that the same seed
+    gives the same bits, and a resumed run those of an uninterrupted one.
+
+    Inductor lowers the embedding's backward (index_put with accumulate) to a scatter whose
+    OpenMP threads atomic_add rows of tokens into the gradient: with more than one thread the
+    order of those additions, and so the gradient's last bits, change from step to step and run
+    to run (17 different gradients in 20 repeats of one step). In deterministic mode Inductor
+    calls ATen's index_put_ instead, which accumulates serially on a CPU (and alone took less
+    time than the racing scatter: 159 against 358 us for `words`); every other kernel it builds
+    is unchanged. The mode is part of Inductor's cache key, and must hold while the backward
+    compiles (at the first step). `warn_only`, so an op without a deterministic form warns
+    rather than fails, and `fill_uninitialized_memory` off (it would only cost time)."""
+    if not compiled or device.type != "cpu":
+        yield
+        return
+    settings = torch.utils.deterministic
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        settings.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    settings.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        settings.fill_uninitialized_memory = before[2]
 
 
 def use_tensor_cores(device: torch.device, precision: str) -> None:

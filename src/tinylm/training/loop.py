@@ -27,6 +27,7 @@ from tinylm.device import (
     autocast,
     autocast_dtype,
     compile_unavailable,
+    deterministic_compiled_kernels,
     pick_device,
     to_device,
     use_tensor_cores,
@@ -83,7 +84,8 @@ def fit(
     """
     t = start(run, cfg, model, data, device, show_progress)
     state, reason = t.state, "budget"
-    with StopRequest() as stop:
+    compiled = t.step_model is not (t.ddp or t.model)
+    with StopRequest() as stop, deterministic_compiled_kernels(t.device, compiled):
         while not budget_spent(cfg, state):
             t0 = time.perf_counter()
             lr = learning_rate(cfg, state.step, progress_of(cfg, state))
