@@ -36,7 +36,7 @@ MODEL = [
     "train.warmup_steps=10",
     "model.dropout=0.1",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the default threads
 
 
 def train(*argv) -> subprocess.Popen:

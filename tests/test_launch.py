@@ -240,7 +240,8 @@ def cli(*argv) -> list[str]:
 
 def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
     """kill -9 at two random moments (the first once the run exists, the second anywhere in
-    the resumed process), then `tinylm train --resume --out RUN` with nothing else."""
+    the resumed process), then `tinylm train --resume --out RUN` with nothing else; trained as
+    the presets ship (torch.compile on, precision auto, the default threads), a small model."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     args = [
@@ -254,8 +255,10 @@ def test_two_kills_then_a_bare_resume_end_bit_identical(tmp_path, words_file):
         "train.batch_tokens=512",
         "train.eval_every=20",
         "model.dropout=0.1",
+        "train.compile=true",
+        "train.precision=auto",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the default threads
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     ref, victim = tmp_path / "ref", tmp_path / "victim"
     reference = subprocess.run(cli(*args, "--out", ref), timeout=300, **quiet)
