@@ -1,5 +1,5 @@
-"""Imported before each snippet of the README and docs/ (tests/test_docs.py): `tinylm.train`
-keeps to a small budget, a tiny model and local data, whatever the snippet asks."""
+"""`tinylm.train` as the snippets of the README and docs/ run it (tests/test_docs.py): a small
+budget, a tiny model and local data, whatever the snippet asks."""
 
 import os
 
@@ -19,6 +19,3 @@ def small_train(preset="words", **kwargs):
     kwargs["overrides"] = [*tiny, *overrides_list(kwargs.get("overrides"))]
     kwargs["progress"] = False
     return train(preset, **kwargs)
-
-
-api.train = small_train

@@ -1,9 +1,11 @@
 """The README and docs/ cannot rot: every shell command (```bash blocks) and Python snippet
 (```python blocks) on each page runs, in order, with small budgets (tiny models, a few dozen
 steps, local data instead of the hub), and the install steps a page gives run in a clean
-virtual environment. Commands of programs that are not on the machines the tests run on
-(llama.cpp's binaries, Ollama) are in ```shell blocks, which are shown, not run; their checks
-run through llama-cpp-python (tests/test_gguf.py).
+virtual environment. A page's snippets share one namespace, as in a notebook, and its
+`tinylm serve` runs in the background while the rest of the page talks to it. Commands of
+programs that are not on the machines the tests run on (llama.cpp's binaries, Ollama) are in
+```shell blocks, which are shown, not run (their checks run through llama-cpp-python in
+tests/test_gguf.py); so are benchmarks (`python bench/...`), which take minutes by design.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from small_training import small_train
 
 from conftest import TINY_MODEL, TINY_TEXT_MODEL
+from tinylm import api
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -51,6 +55,7 @@ class Page:
         self.folder, self.words, self.text = folder, words_file, text_file
         self.port = free_port()
         self.servers: list[subprocess.Popen] = []
+        self.namespace: dict = {}
         (folder / "my_texts").mkdir()
         shutil.copy(text_file, folder / "my_texts" / "texts.jsonl")
         # this checkout's tinylm, not another one installed in the environment
@@ -63,10 +68,12 @@ class Page:
 
     def shell(self, line: str) -> None:
         argv = shlex.split(self.here(line), comments=True)
-        background = argv[-1:] == ["&"]
+        background = argv[-1:] == ["&"] or argv[:2] == ["tinylm", "serve"]
         argv = [a for a in argv if a != "&"]
         if argv[0] in ("python3", "pip") or argv[:2] == ["python", "-m"]:
             return  # install steps: run in a clean environment (test_a_newcomers_install)
+        if argv[0] == "python" and argv[1].startswith("bench/"):
+            return  # a benchmark: minutes by design
         if argv[0] == "tinylm":
             argv = [sys.executable, "-m", "tinylm.cli", *self.small(argv[1:])]
         elif argv[0] == "torchrun":
@@ -120,17 +127,8 @@ class Page:
         raise AssertionError("the page's server did not start")
 
     def python(self, code: str) -> None:
-        """A snippet, with `tinylm.train` held to a small budget on local data."""
-        snippet = "import small_training\n" + self.here(code)
-        done = subprocess.run(
-            [sys.executable, "-c", snippet],
-            cwd=self.folder,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"{code}\n{done.stderr[-3000:]}"
+        """A snippet, in the page's namespace (`tinylm.train` held to a small budget)."""
+        exec(compile(self.here(code), "snippet", "exec"), self.namespace)
 
     def close(self) -> None:
         for server in self.servers:
@@ -145,6 +143,8 @@ def test_every_command_and_snippet_on_the_page_runs(
     monkeypatch.setenv("TINYLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SMALL_WORDS", str(words_file))
     monkeypatch.setenv("SMALL_TEXT", str(text_file))
+    monkeypatch.setattr(api, "train", small_train)
+    monkeypatch.chdir(tmp_path)
     runner = Page(tmp_path, words_file, text_file)
     runner.env.update(
         TINYLM_CACHE=str(tmp_path / "cache"), SMALL_WORDS=str(words_file), SMALL_TEXT=str(text_file)
