@@ -11,9 +11,13 @@ returns the next-token logits after prompt + continuation for a batch of continu
 from __future__ import annotations
 
 import heapq
+import math
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tinylm.models.cache import CacheSlots
 
@@ -137,59 +141,198 @@ class Rereading:
 
 
 class CacheTree:
-    """A decoder's keys and values for the whole search tree, one cache row per expanded
-    continuation: the root (the empty continuation) reads the prompt into row 0, and every
-    other continuation copies its parent's row and reads its one new letter on it, instead of
-    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms).
+    """A decoder's keys and values for the whole search tree, laid out for the tree: the
+    prompt's positions once, then one row per expanded continuation holding the keys and
+    values of its own last letter only. A continuation reads its one new letter attending to
+    the rows on its `path` (the prompt's, its ancestors', its own), gathered per wave, so a
+    child shares its parent's keys and values instead of copying them. (The layout before
+    copied the parent's whole row, every position of every layer, into each child: with the
+    gathers of the generic forward pass, 40% of a search.) A wave's forward pass is
+    `tree_step`: the decoder restated for one new token per row, on fused weights.
 
-    `compile`: the forward pass runs compiled with dynamic shapes (a wave's size and the
-    cache's length vary), so its ~100 small operations become a few fused kernels: a search
-    takes about two thirds of the time once compiled. A wave padded to one fixed shape was
-    slower: its padding rows and the copies into the tree cost more than they saved
-    (bench/README.md)."""
+    `compile`: `tree_step` runs compiled with dynamic shapes (a wave's size and its paths'
+    length vary), its small operations fused into a few kernels."""
 
     def __init__(self, model, prompt: list[int], compile: bool = False):
         self.model, self.prompt = model, prompt
-        self.forward = compiled_dynamic(model) if compile else model
+        self.step = compiled_step() if compile else tree_step
+        self.weights = fused_weights(model)
         self.device = model.rope_cos.device
-        self.cache, self.used = model.new_cache(1), 0
+        cfg = model.cfg
+        self.context = cfg.context_length
+        self.used = 0
+        self.keys: list[torch.Tensor] = []  # per layer: (rows, heads, head_dim)
+        self.values: list[torch.Tensor] = []
+        self.path = torch.zeros((0, self.context), dtype=torch.long, device=self.device)
 
     def __call__(self, nodes: list[tuple[tuple[int, ...], int]]):
         """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row), and
         the row each node now owns (its children's parent row)."""
-        first = self.used
-        self._reserve(len(nodes))
-        rows = self.cache.span(first, self.used)  # the nodes' own rows, in one block
-        if first == 0:  # the root, alone in the first batch
-            x, start = torch.tensor([self.prompt]), torch.zeros(1, dtype=torch.long)
-        else:
-            parents = torch.tensor([parent for _, parent in nodes], device=self.device)
-            for mine, all_ in zip(rows.k + rows.v, self.cache.k + self.cache.v, strict=True):
-                mine[:] = all_[parents]  # each node starts from its parent's row
-            x = torch.tensor([[ids[-1]] for ids, _ in nodes])
-            start = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes])
-        slots = CacheSlots(start.to(self.device), int(start.max()) + x.shape[1])
-        logits = self.forward(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
-        return logits.float().cpu(), list(range(first, self.used))
+        if self.used == 0:  # the root (the empty continuation), alone in the first wave
+            return self._read_prompt()
+        n, first = len(nodes), self.used
+        self._reserve(n)
+        dev = self.device
+        parents = torch.tensor([parent for _, parent in nodes], device=dev)
+        tokens = torch.tensor([ids[-1] for ids, _ in nodes], device=dev)
+        at = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes], device=dev)
+        rows = torch.arange(first, first + n, device=dev)
+        width = int(at.max()) + 1  # positions the longest continuation attends to
+        if width > self.context:
+            raise ValueError(f"a continuation reaches position {width}, past the context")
+        path = self.path[first : first + n]
+        path.copy_(self.path.index_select(0, parents))
+        path[torch.arange(n, device=dev), at] = rows
+        hidden = torch.arange(width, device=dev) > at[:, None]  # past its own position
+        bias = torch.zeros((n, width, 1), device=dev).masked_fill_(hidden[:, :, None], -math.inf)
+        w = self.weights
+        cos, sin = w.cos.index_select(0, at)[:, None], w.sin.index_select(0, at)[:, None]
+        index = path[:, :width].flatten()
+        logits = self.step(w, self.keys, self.values, tokens, cos, sin, index, bias, first)
+        return logits.float().cpu(), list(range(first, first + n))
+
+    def _read_prompt(self):
+        """The prompt through the decoder's own forward pass, its keys and values into rows
+        0..P-1; the root owns row P-1 (the prompt's last position)."""
+        P = len(self.prompt)
+        if P > self.context:
+            raise ValueError(f"a prompt of {P} tokens exceeds the context of {self.context}")
+        cache = self.model.new_cache(1)
+        slots = CacheSlots(torch.zeros(1, dtype=torch.long, device=self.device), P)
+        x = torch.tensor([self.prompt], device=self.device)
+        logits = self.model(x, cache=cache, slots=slots).logits[:, -1]
+        self._reserve(P)
+        for store, cached in zip(self.keys + self.values, cache.k + cache.v, strict=True):
+            store[:P] = cached[0, :, :P].transpose(0, 1)
+        self.path[P - 1, :P] = torch.arange(P, device=self.device)
+        return logits.float().cpu(), [P - 1]
 
     def _reserve(self, n: int) -> None:
-        """Room for n rows more, doubling when full. New rows are left uninitialized (zeroing
-        them costs more than the search): a row is overwritten by its parent's before anything
-        reads it, so every value read descends from row 0, which starts zeroed."""
+        """Room for n rows more, doubling when full. New rows of keys and values are left
+        uninitialized: a row is written by its own wave before any path leads to it."""
         self.used += n
-        if self.used > self.cache.rows:
-            for tensors in (self.cache.k, self.cache.v):
-                for i, old in enumerate(tensors):
-                    tensors[i] = old.new_empty((2 * self.used, *old.shape[1:]))
-                    tensors[i][: self.used - n] = old[: self.used - n]
+        if self.used <= len(self.path):
+            return
+        size, keep = max(256, 2 * self.used), self.used - n
+        cfg = self.model.cfg
+        shape = (size, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        like = self.weights.embed
+        for stores in (self.keys, self.values):
+            if not stores:
+                stores.extend(like.new_empty(shape) for _ in range(cfg.n_layers))
+            for i, old in enumerate(stores):
+                stores[i] = like.new_empty(shape)
+                stores[i][:keep] = old[:keep]
+        path = self.path.new_zeros((size, self.context))
+        path[:keep] = self.path[:keep]
+        self.path = path
 
 
-_compiled = weakref.WeakKeyDictionary()
+@dataclass
+class TreeWeights:
+    """A decoder's weights as the tree's forward pass reads them: per layer, queries, keys
+    and values in one matrix (the queries scaled by 1/sqrt(head_dim)), gate and up in one;
+    rotary tables with the sign of `rotate_half` folded into the sines."""
+
+    embed: torch.Tensor
+    qkv: list[torch.Tensor]
+    o: list[torch.Tensor]
+    gate_up: list[torch.Tensor]
+    down: list[torch.Tensor]
+    norm_in: list[torch.Tensor]
+    norm_post: list[torch.Tensor]
+    qk_norm: list[torch.Tensor] | None  # per layer (2 * heads, head_dim), or None
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    act: Callable
+    heads: int
+    eps: float
 
 
-def compiled_dynamic(model):
-    """The model compiled once a process for shapes that vary (torch.compile caches the
-    kernels; this keeps the one wrapper per model)."""
-    if model not in _compiled:
-        _compiled[model] = torch.compile(model, dynamic=True)
-    return _compiled[model]
+_fused = weakref.WeakKeyDictionary()
+
+
+def fused_weights(model) -> TreeWeights:
+    """The model's TreeWeights, built once and again only when a parameter changed (its
+    version counter moves with every in-place update: training, `load_state_dict`)."""
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    if model not in _fused or _fused[model][0] != key:
+        _fused[model] = (key, _fuse(model))
+    return _fused[model][1]
+
+
+@torch.no_grad()
+def _fuse(model) -> TreeWeights:
+    cfg, body = model.cfg, model.model
+    heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+    scale = 1.0 / math.sqrt(head_dim)
+    attn = [layer.self_attn for layer in body.layers]
+    mlp = [layer.mlp for layer in body.layers]
+    qk_norm = None
+    if cfg.qk_norm:  # the norm comes before the rotation: the scale goes into its weight
+        qk_norm = [
+            torch.stack([a.q_norm.weight * scale] * heads + [a.k_norm.weight] * heads) for a in attn
+        ]
+    q_scale = 1.0 if cfg.qk_norm else scale
+    half = head_dim // 2
+    sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(model.rope_sin)
+    return TreeWeights(
+        embed=body.embed_tokens.weight.detach(),
+        qkv=[
+            torch.cat([a.q_proj.weight * q_scale, a.k_proj.weight, a.v_proj.weight]) for a in attn
+        ],
+        o=[a.o_proj.weight.detach() for a in attn],
+        gate_up=[torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlp],
+        down=[m.down_proj.weight.detach() for m in mlp],
+        norm_in=[layer.input_layernorm.weight.detach() for layer in body.layers],
+        norm_post=[layer.post_attention_layernorm.weight.detach() for layer in body.layers],
+        qk_norm=qk_norm,
+        norm=body.norm.weight.detach(),
+        lm_head=model.lm_head.weight.detach(),
+        cos=model.rope_cos,
+        sin=model.rope_sin * sign,
+        act=mlp[0].act,
+        heads=heads,
+        eps=cfg.norm_eps,
+    )
+
+
+def tree_step(w: TreeWeights, keys, values, tokens, cos, sin, index, bias, first: int):
+    """Next-token logits of a wave: row b reads `tokens[b]` (rotated by cos[b], sin[b]), writes
+    its keys and values into row `first + b` of each layer's store and attends to the rows
+    `index` (b's path, flattened, its width that of `bias`) where `bias` (rows, width, 1) is 0."""
+    n, width = tokens.shape[0], bias.shape[1]
+    x = F.embedding(tokens, w.embed)
+    d = x.shape[1]
+    heads, ff = w.heads, w.gate_up[0].shape[0] // 2
+    for i in range(len(w.qkv)):
+        qkv = F.linear(F.rms_norm(x, (d,), w.norm_in[i], w.eps), w.qkv[i])
+        qk = qkv[:, : 2 * d].view(n, 2 * heads, d // heads)
+        if w.qk_norm is not None:
+            qk = F.rms_norm(qk, (d // heads,), None, w.eps) * w.qk_norm[i]
+        qk = torch.addcmul(qk * cos, qk.roll(d // heads // 2, -1), sin)
+        q = qk[:, :heads]
+        keys[i][first : first + n] = qk[:, heads:]
+        values[i][first : first + n] = qkv[:, 2 * d :].view(n, heads, d // heads)
+        k = keys[i].index_select(0, index).view(n, width, heads, d // heads)
+        v = values[i].index_select(0, index).view(n, width, heads, d // heads)
+        att = ((k * q[:, None]).sum(-1) + bias).softmax(1)  # (rows, width, heads)
+        y = (att[..., None] * v).sum(1).view(n, d)
+        x = x + F.linear(y, w.o[i])
+        gu = F.linear(F.rms_norm(x, (d,), w.norm_post[i], w.eps), w.gate_up[i])
+        x = x + F.linear(w.act(gu[:, :ff]) * gu[:, ff:], w.down[i])
+    return F.linear(F.rms_norm(x, (d,), w.norm, w.eps), w.lm_head)
+
+
+_compiled_step = None
+
+
+def compiled_step():
+    """`tree_step` compiled once a process for shapes that vary (torch.compile caches the
+    kernels; this keeps the one wrapper)."""
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(tree_step, dynamic=True)
+    return _compiled_step
