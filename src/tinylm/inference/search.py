@@ -3,24 +3,35 @@
 Best-first search over continuations. A word's probability given the prefix is the chain
 rule over its remaining letters and the end-of-word token, p(rest + <eos> | <sos> prefix),
 from the model's own distribution (temperature 1). Extending a continuation can only lower
-its probability, so when the most probable entry of the frontier is a finished word, no
-unexplored continuation can beat it: the words come out exactly in order of probability.
+its probability, so once K words are finished, the K-th best of them bounds the search: a
+continuation less probable than it can never lead to a word of the list, and when no open
+continuation is as probable, the K best finished words are exactly the K likeliest, in order.
 Words shorter than the data's shortest are not offered. The search is exact unless it runs
 out of its budget of expanded continuations (`max_expansions`), which only a model with very
-flat predictions reaches; then it returns the words it has finished, still in order, and says
-so (`exact=False`). How the model reads a batch of continuations is its own (`model.search`:
-for the decoder, a tree of cached keys and values).
+flat predictions reaches; then it returns the words it has finished that no open
+continuation can beat, in order, and says so (`exact=False`). How the model reads a batch of
+continuations is its own (`model.search`: for the decoder, a tree of cached keys and values).
+
+The search runs in waves, each one forward pass over every open continuation within the
+bound (the likeliest `batch` of them if there are more): a wave's cost is mostly fixed
+(a forward pass is ~60 small operations), and a continuation within the bound is one a
+best-first search expands sooner or later unless a better word found meanwhile lowers the
+bound. So a search takes about as many waves as its deepest continuation has letters, and
+expands ~10% more continuations than the fewest an exact search can (bench/suggest.py
+--profile). The open continuations are tensors (cost, parent, letter), not a Python heap:
+a wave adds thousands of them.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
 import torch
 
 from tinylm.inference.logprobs import log_probs
+
+BAND = 2.0  # nats: a wave takes the open continuations within e^2 of the likeliest open one
 
 
 @dataclass
@@ -50,56 +61,88 @@ def likeliest_words(
     rules: WordRules,
     k: int = 5,
     *,
-    batch: int = 128,
+    batch: int = 256,
     max_expansions: int = 4096,
     compile: bool = False,
 ) -> Found:
     """The k most probable completions of `prompt` (token ids, start token first), best
     first. `compile`: the model's forward passes run compiled (a causal decoder; the first
-    searches of a process compile, ~10-50 s on 2 CPU cores, then a search takes about two
-    thirds of the time: bench/suggest.py)."""
+    searches of a process compile, ~10-50 s on 2 CPU cores)."""
     expand = model.search(prompt, compile)
-    letters, eos = rules.letters, rules.eos
-    open_: list[tuple[float, tuple[int, ...], int]] = [(0.0, (), -1)]  # (-log p, ids, parent row)
-    done: list[tuple[float, tuple[int, ...]]] = []  # finished words, not yet given out
-    found: list[tuple[list[int], float]] = []
-    expanded = 0
-    while len(found) < k:
-        # A finished word no open continuation can beat is the next likeliest.
-        while done and len(found) < k and (not open_ or done[0][0] <= open_[0][0]):
-            cost, ids = heapq.heappop(done)
-            found.append((list(ids), math.exp(-cost)))
-        if len(found) == k or not open_ or expanded >= max_expansions:
-            break
-        # Expand a batch of the best open continuations, none worse than the finished word
-        # that would complete the list (it could never enter it).
-        need = k - len(found)
-        bound = _cost_to_beat(done, need)
+    tree = Frontier(rules, k)
+    while (nodes := tree.wave(min(batch, max_expansions - tree.expanded))) is not None:
+        logits, rows = expand(nodes)
+        tree.add(logits, rows)
+    return tree.found()
+
+
+class Frontier:
+    """The search's state: the expanded continuations (their ids and the rows the model keeps
+    them in), the open ones as tensors (-log p, parent, letter), and the finished words."""
+
+    def __init__(self, rules: WordRules, k: int, band: float = BAND):
+        self.rules, self.k, self.band = rules, k, band
+        self.letters = torch.tensor(rules.letters)
+        self.ids: list[tuple[int, ...]] = []  # per expanded continuation
+        self.rows: list[int] = []  # the model's row of each (its children's parent row)
+        # open continuations: parent -1 is the root (the empty continuation)
+        self.cost = torch.zeros(1, dtype=torch.float64)
+        self.parent = torch.full((1,), -1)
+        self.letter = torch.full((1,), -1)
+        self.ends = torch.zeros(0, dtype=torch.float64)  # -log p of each finished word
+        self.word = torch.zeros(0, dtype=torch.long)  # the expanded continuation it ends
+        self.bound, self.expanded = math.inf, 0
+        self.wave_cost = self.cost
+
+    def wave(self, room: int) -> list[tuple[tuple[int, ...], int]] | None:
+        """The next wave, as (ids, parent row) per continuation: every open continuation
+        within the bound, the likeliest `room` of them if there are more; None when none is
+        left (or no room)."""
+        within = torch.nonzero(self.cost <= self.bound).flatten()
+        if len(within) == 0 or room <= 0:
+            return None
+        near = self.cost[within] <= float(self.cost[within].min()) + self.band
+        within = within[near]
+        if len(within) > room:
+            within = within[self.cost[within].topk(room, largest=False).indices]
+        self.wave_cost, parent, letter = self.cost[within], self.parent[within], self.letter[within]
+        left = self.cost <= self.bound
+        left[within] = False
+        self.cost, self.parent, self.letter = self.cost[left], self.parent[left], self.letter[left]
         nodes = []
-        while open_ and len(nodes) < batch and open_[0][0] <= bound:
-            nodes.append(heapq.heappop(open_))
-        if not nodes:
-            open_ = []  # nothing left that could matter
-            continue
-        expanded += len(nodes)
-        logits, rows_of = expand([(ids, parent) for _, ids, parent in nodes])
+        for p, c in zip(parent.tolist(), letter.tolist(), strict=True):
+            ids = (*self.ids[p], c) if p >= 0 else ()
+            self.ids.append(ids)
+            nodes.append((ids, self.rows[p] if p >= 0 else -1))
+        return nodes
+
+    def add(self, logits: torch.Tensor, rows: list[int]) -> None:
+        """Take in a wave's next-token logits: its finished words, then the children within
+        the (new) bound."""
+        first, n = self.expanded, len(rows)
+        self.expanded += n
+        self.rows.extend(rows)
+        depth = torch.tensor([len(ids) for ids in self.ids[first:]])
         logp = log_probs(logits).double()
-        costs = torch.tensor([cost for cost, _, _ in nodes], dtype=torch.float64)
-        for (_, ids, _), end in zip(nodes, (costs - logp[:, eos]).tolist(), strict=True):
-            if len(ids) >= rules.min_letters:
-                heapq.heappush(done, (end, ids))
-        # Children no better than the word that now completes the list can never enter it.
-        bound = _cost_to_beat(done, need)
-        child = costs[:, None] - logp[:, letters]
-        growing = torch.tensor([len(ids) < rules.max_letters for _, ids, _ in nodes])
-        rows, cols = torch.nonzero((child <= bound) & growing[:, None], as_tuple=True)
-        for r, c, cost in zip(
-            rows.tolist(), cols.tolist(), child[rows, cols].tolist(), strict=True
-        ):
-            heapq.heappush(open_, (cost, (*nodes[r][1], letters[c]), rows_of[r]))
-    return Found(found, exact=len(found) == k or not open_)
+        cost = self.wave_cost
+        ok = depth >= self.rules.min_letters
+        self.ends = torch.cat([self.ends, (cost - logp[:, self.rules.eos])[ok]])
+        self.word = torch.cat([self.word, torch.arange(first, first + n)[ok]])
+        if len(self.ends) >= self.k:
+            self.bound = float(self.ends.kthvalue(self.k).values)
+        child = cost[:, None] - logp[:, self.letters]
+        grows = (depth < self.rules.max_letters)[:, None]
+        r, c = torch.nonzero((child <= self.bound) & grows, as_tuple=True)
+        self.cost = torch.cat([self.cost, child[r, c]])
+        self.parent = torch.cat([self.parent, r + first])
+        self.letter = torch.cat([self.letter, self.letters[c]])
 
-
-def _cost_to_beat(done: list, need: int) -> float:
-    """The cost of the finished word that would complete the list: worse can never enter it."""
-    return heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+    def found(self) -> Found:
+        """The k best finished words, in order: those no open continuation can beat (all of
+        them unless the budget ran out); exact when they are k or no continuation is open."""
+        open_ = self.cost[self.cost <= self.bound]
+        limit = float(open_.min()) if len(open_) else math.inf
+        ends, word = self.ends.tolist(), self.word.tolist()
+        best = sorted((e, self.ids[w]) for e, w in zip(ends, word, strict=True) if e <= limit)
+        words = [(list(ids), math.exp(-e)) for e, ids in best[: self.k]]
+        return Found(words, exact=len(words) == self.k or not len(open_))
