@@ -142,7 +142,12 @@ class Frontier:
         them unless the budget ran out); exact when they are k or no continuation is open."""
         open_ = self.cost[self.cost <= self.bound]
         limit = float(open_.min()) if len(open_) else math.inf
-        ends, word = self.ends.tolist(), self.word.tolist()
-        best = sorted((e, self.ids[w]) for e, w in zip(ends, word, strict=True) if e <= limit)
+        given = self.ends <= limit
+        ends, word = self.ends[given], self.word[given]
+        if len(ends) > self.k:  # the k best, and any tied with the k-th
+            best = ends <= float(ends.kthvalue(self.k).values)
+            ends, word = ends[best], word[best]
+        pairs = zip(ends.tolist(), word.tolist(), strict=True)
+        best = sorted((e, self.ids[w]) for e, w in pairs)
         words = [(list(ids), math.exp(-e)) for e, ids in best[: self.k]]
         return Found(words, exact=len(words) == self.k or not len(open_))
