@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tinylm.inference.logprobs import log_probs
@@ -77,38 +78,43 @@ def likeliest_words(
 
 
 class Frontier:
-    """The search's state: the expanded continuations (their ids and the rows the model keeps
-    them in), the open ones as tensors (-log p, parent, letter), and the finished words."""
+    """The search's state: the expanded continuations (their ids, lengths and the rows the
+    model keeps them in), the open ones (-log p, parent, letter) and the finished words
+    (-log p, the continuation they end), as numpy arrays: a wave handles thousands of
+    continuations in ~40 array operations, each ~1 us in numpy against ~3 us in torch."""
 
     def __init__(self, rules: WordRules, k: int, band: float = BAND):
         self.rules, self.k, self.band = rules, k, band
-        self.letters = torch.tensor(rules.letters)
+        self.letters = np.asarray(rules.letters)
         self.ids: list[tuple[int, ...]] = []  # per expanded continuation
         self.rows: list[int] = []  # the model's row of each (its children's parent row)
+        self.depth = np.zeros(0, dtype=np.int64)  # letters of each
         # open continuations: parent -1 is the root (the empty continuation)
-        self.cost = torch.zeros(1, dtype=torch.float64)
-        self.parent = torch.full((1,), -1)
-        self.letter = torch.full((1,), -1)
-        self.ends = torch.zeros(0, dtype=torch.float64)  # -log p of each finished word
-        self.word = torch.zeros(0, dtype=torch.long)  # the expanded continuation it ends
+        self.cost, self.parent, self.letter = np.zeros(1), np.full(1, -1), np.full(1, -1)
+        self.ends, self.word = np.zeros(0), np.zeros(0, dtype=np.int64)  # finished words
         self.bound, self.expanded = math.inf, 0
         self.wave_cost = self.cost
 
     def wave(self, room: int) -> list[tuple[tuple[int, ...], int]] | None:
         """The next wave, as (ids, parent row) per continuation: every open continuation
-        within the bound, the likeliest `room` of them if there are more; None when none is
-        left (or no room)."""
-        within = torch.nonzero(self.cost <= self.bound).flatten()
+        within the bound and the band, the likeliest `room` of them if there are more; None
+        when none is left (or no room)."""
+        within = np.flatnonzero(self.cost <= self.bound)
         if len(within) == 0 or room <= 0:
             return None
-        near = self.cost[within] <= float(self.cost[within].min()) + self.band
-        within = within[near]
+        cost = self.cost[within]
+        near = cost <= cost.min() + self.band
+        within, cost = within[near], cost[near]
         if len(within) > room:
-            within = within[self.cost[within].topk(room, largest=False).indices]
-        self.wave_cost, parent, letter = self.cost[within], self.parent[within], self.letter[within]
+            best = np.argpartition(cost, room - 1)[:room]
+            within, cost = within[best], cost[best]
+        parent, letter = self.parent[within], self.letter[within]
         left = self.cost <= self.bound
         left[within] = False
         self.cost, self.parent, self.letter = self.cost[left], self.parent[left], self.letter[left]
+        self.wave_cost = cost
+        depth = self.depth[parent] + 1 if parent[0] >= 0 else np.zeros(1, dtype=np.int64)
+        self.depth = np.concatenate([self.depth, depth])  # (the root comes alone)
         nodes = []
         for p, c in zip(parent.tolist(), letter.tolist(), strict=True):
             ids = (*self.ids[p], c) if p >= 0 else ()
@@ -122,20 +128,19 @@ class Frontier:
         first, n = self.expanded, len(rows)
         self.expanded += n
         self.rows.extend(rows)
-        depth = torch.tensor([len(ids) for ids in self.ids[first:]])
-        logp = log_probs(logits).double()
-        cost = self.wave_cost
+        depth, cost = self.depth[first:], self.wave_cost
+        logp = log_probs(logits).double().numpy()
         ok = depth >= self.rules.min_letters
-        self.ends = torch.cat([self.ends, (cost - logp[:, self.rules.eos])[ok]])
-        self.word = torch.cat([self.word, torch.arange(first, first + n)[ok]])
+        self.ends = np.concatenate([self.ends, (cost - logp[:, self.rules.eos])[ok]])
+        self.word = np.concatenate([self.word, np.flatnonzero(ok) + first])
         if len(self.ends) >= self.k:
-            self.bound = float(self.ends.kthvalue(self.k).values)
+            self.bound = float(np.partition(self.ends, self.k - 1)[self.k - 1])
         child = cost[:, None] - logp[:, self.letters]
         grows = (depth < self.rules.max_letters)[:, None]
-        r, c = torch.nonzero((child <= self.bound) & grows, as_tuple=True)
-        self.cost = torch.cat([self.cost, child[r, c]])
-        self.parent = torch.cat([self.parent, r + first])
-        self.letter = torch.cat([self.letter, self.letters[c]])
+        r, c = np.nonzero((child <= self.bound) & grows)
+        self.cost = np.concatenate([self.cost, child[r, c]])
+        self.parent = np.concatenate([self.parent, r + first])
+        self.letter = np.concatenate([self.letter, self.letters[c]])
 
     def found(self) -> Found:
         """The k best finished words, in order: those no open continuation can beat (all of
@@ -145,7 +150,7 @@ class Frontier:
         given = self.ends <= limit
         ends, word = self.ends[given], self.word[given]
         if len(ends) > self.k:  # the k best, and any tied with the k-th
-            best = ends <= float(ends.kthvalue(self.k).values)
+            best = ends <= np.partition(ends, self.k - 1)[self.k - 1]
             ends, word = ends[best], word[best]
         pairs = zip(ends.tolist(), word.tolist(), strict=True)
         best = sorted((e, self.ids[w]) for e, w in pairs)
