@@ -151,7 +151,7 @@ def test_the_tree_reads_each_continuation_as_the_decoder_does(extra):
     prompt, longest = [1, 5, 9], cfg.context_length - 3  # letters a continuation may have
     tree = model.search(prompt)
     g = torch.Generator().manual_seed(1)
-    nodes, rows = [((), -1)], {}
+    nodes, rows = [((), -1), ((4,), -1), ((7,), -1)], {}  # the root, read with two children
     for wave in range(6):  # waves of continuations of mixed lengths, past the tree's first 256 rows
         logits, owned = tree(nodes)
         for (ids, _), got, row in zip(nodes, logits, owned, strict=True):

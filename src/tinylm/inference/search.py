@@ -25,6 +25,7 @@ a wave adds thousands of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,30 +79,35 @@ def likeliest_words(
 
 
 class Frontier:
-    """The search's state: the expanded continuations (their ids, lengths and the rows the
-    model keeps them in), the open ones (-log p, parent, letter) and the finished words
-    (-log p, the continuation they end), as numpy arrays: a wave handles thousands of
-    continuations in ~40 array operations, each ~1 us in numpy against ~3 us in torch."""
+    """The search's state as numpy arrays (a wave handles thousands of continuations in ~40
+    array operations, each ~1 us in numpy against ~3 us in torch): the expanded
+    continuations (parent, letter, length, the model's row), the open ones (-log p, parent,
+    letter) and the finished words (-log p, the continuation they end). A continuation's
+    ids are walked up from its parents only when asked for: the words found, or a backend
+    that reads ids (the decoder's tree reads the arrays)."""
 
     def __init__(self, rules: WordRules, k: int, band: float = BAND):
         self.rules, self.k, self.band = rules, k, band
-        self.letters = np.asarray(rules.letters)
-        self.ids: list[tuple[int, ...]] = []  # per expanded continuation
-        self.rows: list[int] = []  # the model's row of each (its children's parent row)
-        self.depth = np.zeros(0, dtype=np.int64)  # letters of each
+        self.letters = letters = np.asarray(rules.letters, dtype=np.int64)
+        run = len(letters) and np.array_equal(letters, letters[0] + np.arange(len(letters)))
+        # a slice where the letters' ids run in a row: a view of the logits, not a gather
+        self.columns = slice(letters[0], letters[-1] + 1) if run else letters
+        int_ = np.zeros(0, dtype=np.int64)
+        self.up, self.last, self.depth, self.rows = int_, int_, int_, int_  # expanded ones
         # open continuations: parent -1 is the root (the empty continuation)
         self.cost, self.parent, self.letter = np.zeros(1), np.full(1, -1), np.full(1, -1)
-        self.ends, self.word = np.zeros(0), np.zeros(0, dtype=np.int64)  # finished words
+        self.ends, self.word = np.zeros(0), int_  # finished words
         self.bound, self.expanded = math.inf, 0
         self.wave_cost = self.cost
 
-    def wave(self, room: int) -> list[tuple[tuple[int, ...], int]] | None:
-        """The next wave, as (ids, parent row) per continuation: every open continuation
-        within the bound and the band, the likeliest `room` of them if there are more; None
-        when none is left (or no room)."""
+    def wave(self, room: int) -> Wave | None:
+        """The next wave: every open continuation within the bound and the band, the
+        likeliest `room` of them if there are more; None when none is left (or no room)."""
         within = np.flatnonzero(self.cost <= self.bound)
         if len(within) == 0 or room <= 0:
             return None
+        if self.expanded == 0 and room > len(self.letters) and self.rules.max_letters > 0:
+            return self._root_and_children()
         cost = self.cost[within]
         near = cost <= cost.min() + self.band
         within, cost = within[near], cost[near]
@@ -113,31 +119,55 @@ class Frontier:
         left[within] = False
         self.cost, self.parent, self.letter = self.cost[left], self.parent[left], self.letter[left]
         self.wave_cost = cost
-        depth = self.depth[parent] + 1 if parent[0] >= 0 else np.zeros(1, dtype=np.int64)
-        self.depth = np.concatenate([self.depth, depth])  # (the root comes alone)
-        nodes = []
-        for p, c in zip(parent.tolist(), letter.tolist(), strict=True):
-            ids = (*self.ids[p], c) if p >= 0 else ()
-            self.ids.append(ids)
-            nodes.append((ids, self.rows[p] if p >= 0 else -1))
-        return nodes
+        root = parent[0] < 0  # (the root comes alone)
+        depth = np.zeros(1, dtype=np.int64) if root else self.depth[parent] + 1
+        self.up = np.concatenate([self.up, parent])
+        self.last = np.concatenate([self.last, letter])
+        self.depth = np.concatenate([self.depth, depth])
+        parents = np.full(1, -1) if root else self.rows[parent]
+        return Wave(self, np.arange(self.expanded, len(self.up)), parents, letter, depth)
 
-    def add(self, logits: torch.Tensor, rows: list[int]) -> None:
+    def _root_and_children(self) -> Wave:
+        """The first wave: the root and every one of its children, read with the prompt in
+        one pass (most of them are expanded sooner or later; a wave costs ~40 rows)."""
+        n = 1 + len(self.letters)
+        self.cost, self.parent, self.letter = self.cost[:0], self.parent[:0], self.letter[:0]
+        self.up = np.r_[-1, np.zeros(n - 1, dtype=np.int64)]
+        self.last = np.r_[-1, self.letters]
+        self.depth = np.r_[0, np.ones(n - 1, dtype=np.int64)]
+        self.wave_cost = np.zeros(n)  # the children's: known once the root is read
+        return Wave(self, np.arange(n), np.full(n, -1), self.last, self.depth)
+
+    def ids(self, node: int) -> tuple[int, ...]:
+        """The letters of an expanded continuation, walked up from it to the root."""
+        ids = []
+        while node >= 0 and self.depth[node] > 0:
+            ids.append(int(self.last[node]))
+            node = self.up[node]
+        return tuple(reversed(ids))
+
+    def add(self, logits: torch.Tensor, rows) -> None:
         """Take in a wave's next-token logits: its finished words, then the children within
         the (new) bound."""
         first, n = self.expanded, len(rows)
         self.expanded += n
-        self.rows.extend(rows)
+        self.rows = np.concatenate([self.rows, np.asarray(rows, dtype=np.int64)])
         depth, cost = self.depth[first:], self.wave_cost
         logp = log_probs(logits).double().numpy()
+        children_read = first == 0 and n > 1  # the root's children came with it
+        if children_read:
+            cost[1:] = cost[0] - logp[0, self.columns]
         ok = depth >= self.rules.min_letters
         self.ends = np.concatenate([self.ends, (cost - logp[:, self.rules.eos])[ok]])
         self.word = np.concatenate([self.word, np.flatnonzero(ok) + first])
         if len(self.ends) >= self.k:
             self.bound = float(np.partition(self.ends, self.k - 1)[self.k - 1])
-        child = cost[:, None] - logp[:, self.letters]
-        grows = (depth < self.rules.max_letters)[:, None]
-        r, c = np.nonzero((child <= self.bound) & grows)
+        child = cost[:, None] - logp[:, self.columns]
+        keep = child <= self.bound
+        keep[0] &= not children_read
+        if depth.max() >= self.rules.max_letters:
+            keep &= (depth < self.rules.max_letters)[:, None]
+        r, c = np.nonzero(keep)
         self.cost = np.concatenate([self.cost, child[r, c]])
         self.parent = np.concatenate([self.parent, r + first])
         self.letter = np.concatenate([self.letter, self.letters[c]])
@@ -153,6 +183,24 @@ class Frontier:
             best = ends <= np.partition(ends, self.k - 1)[self.k - 1]
             ends, word = ends[best], word[best]
         pairs = zip(ends.tolist(), word.tolist(), strict=True)
-        best = sorted((e, self.ids[w]) for e, w in pairs)
+        best = sorted((e, self.ids(w)) for e, w in pairs)
         words = [(list(ids), math.exp(-e)) for e, ids in best[: self.k]]
         return Found(words, exact=len(words) == self.k or not len(open_))
+
+
+class Wave(Sequence):
+    """A wave as the model's search backend takes it: (ids, parent row) per continuation,
+    built when read, and as arrays for a backend that reads them whole (numpy: `parents`,
+    the parents' rows, -1 for the root; `tokens`, each one's last letter; `lengths`)."""
+
+    def __init__(self, frontier: Frontier, nodes, parents, tokens, lengths):
+        self.frontier, self.nodes = frontier, nodes
+        self.parents, self.tokens, self.lengths = parents, tokens, lengths
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.frontier.ids(int(self.nodes[i])), int(self.parents[i])

@@ -10,12 +10,14 @@ returns the next-token logits after prompt + continuation for a batch of continu
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -141,14 +143,13 @@ class Rereading:
 
 
 class CacheTree:
-    """A decoder's keys and values for the whole search tree, laid out for the tree: the
-    prompt's positions once, then one row per expanded continuation holding the keys and
-    values of its own last letter only, so a child shares its parent's keys and values
-    instead of copying them. (The layout before copied the parent's whole row, every
-    position of every layer, into each child: with the gathers of the generic forward pass,
-    40% of a search.) A wave's forward pass is `tree_step`: the decoder restated for one new
-    token per row, on fused weights. A continuation attends to the prompt, which every one
-    shares, through two small matrix products per layer (`prompt_blocks`), and to its own
+    """A decoder's keys and values for the whole search tree, laid out for it: the prompt's
+    positions once, then one row per expanded continuation with the keys and values of its
+    own last letter only; a child shares its parent's instead of copying them (the layout
+    before copied the parent's whole row into each child: with the generic forward pass's
+    gathers, 40% of a search). A wave's forward pass is `tree_step`, the decoder restated
+    for one new token per row on fused weights. A continuation attends to the prompt, which
+    all share, through two small products per layer (`prompt_blocks`), and to its own
     letters, the rows on its `path` (its ancestors' and its own), gathered per wave.
 
     `compile`: `tree_step` runs compiled with dynamic shapes (a wave's size and its paths'
@@ -164,48 +165,55 @@ class CacheTree:
         self.stores: list[torch.Tensor] = []  # per layer: (rows, [keys | values])
         self.path = torch.zeros((0, self.context), dtype=torch.long, device=self.device)
         self.blocks: list | None = None  # the prompt's keys and values, per layer
+        self.past = _past(self.context, self.device)
 
-    def __call__(self, nodes: list[tuple[tuple[int, ...], int]]):
-        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row), and
-        the row each node now owns (its children's parent row)."""
-        if self.used == 0:  # the root (the empty continuation), alone in the first wave
-            return self._read_prompt()
+    def __call__(self, nodes):
+        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row) of
+        `nodes`, and the row each node now owns (its children's parent row). The first wave
+        is the root (ids ()), alone or followed by continuations of one letter, read with
+        the prompt in one pass. Nodes that come as arrays as well (numpy `parents`, `tokens`,
+        `lengths`: the search's waves) are read from those."""
+        if hasattr(nodes, "lengths"):
+            parents, tokens, lengths = nodes.parents, nodes.tokens, nodes.lengths
+        else:
+            parents = np.array([parent for _, parent in nodes])
+            tokens = np.array([ids[-1] if ids else -1 for ids, _ in nodes])
+            lengths = np.array([len(ids) for ids, _ in nodes])
+        if self.used == 0:
+            return self._read_prompt(tokens[1:])
         n, first, dev = len(nodes), self.used, self.device
-        self._reserve(n)
-        lengths = [len(ids) for ids, _ in nodes]
-        width, P = max(lengths), len(self.prompt)
+        width, P = int(lengths.max()), len(self.prompt)
         if P + width > self.context:
             raise ValueError(f"a continuation reaches position {P + width}, past the context")
-        parents = torch.tensor([parent for _, parent in nodes], device=dev)
-        tokens = torch.tensor([ids[-1] for ids, _ in nodes], device=dev)
-        depth = torch.tensor(lengths, device=dev)
+        self._reserve(n)
+        parents, tokens, depth = (torch.from_numpy(a).to(dev) for a in (parents, tokens, lengths))
         path = self.path[first : first + n]  # the parent's path, then the node's own row
         path.copy_(self.path.index_select(0, parents))
         path[torch.arange(n, device=dev), depth - 1] = torch.arange(first, first + n, device=dev)
-        bias = None
-        if min(lengths) < width:  # shorter paths: what lies past their end is not read
-            hidden = torch.arange(width, device=dev) >= depth[:, None]
-            bias = torch.zeros((n, width, 1), device=dev).masked_fill_(
-                hidden[:, :, None], -math.inf
-            )
+        # shorter paths than the longest: what lies past their end is not read
+        bias = None if lengths.min() == width else self.past[depth, :width]
         logits = self._read(first, tokens, depth + (P - 1), width, bias, self.blocks)
-        return logits.float().cpu(), list(range(first, first + n))
+        return logits.float().cpu(), np.arange(first, first + n)
 
-    def _read_prompt(self):
-        """The prompt as a wave of its own: its position i in row i, attending to rows 0..i.
-        The root (the empty continuation) owns row P-1, the prompt's last position."""
-        P, dev = len(self.prompt), self.device
-        if P > self.context:
-            raise ValueError(f"a prompt of {P} tokens exceeds the context of {self.context}")
-        self._reserve(P)
-        at = torch.arange(P, device=dev)
-        self.path[:P, :P] = at  # row i's path: rows 0..i (the rest lies past it, unread)
-        hidden = at > at[:, None]
-        bias = torch.zeros((P, P, 1), device=dev).masked_fill_(hidden[:, :, None], -math.inf)
-        logits = self._read(0, torch.tensor(self.prompt, device=dev), at, P, bias, None)
+    def _read_prompt(self, letters):
+        """The prompt and the root's children (reading `letters`) in one pass: position i of
+        the prompt in row i, attending to rows 0..i, the children after them; the root owns
+        row P-1. (A search reads most of the root's children; a wave costs ~40 rows.)"""
+        P, c, dev = len(self.prompt), len(letters), self.device
+        if P + (c > 0) > self.context:
+            raise ValueError(f"a prompt of {P} tokens leaves no room in the context")
+        self._reserve(P + c)
+        at = torch.arange(P + 1, device=dev)
+        self.path[: P + c, : P + 1] = at  # row i < P: rows 0..i (the rest, past it, unread)
+        self.path[P : P + c, P] = torch.arange(P, P + c, device=dev)
+        at = torch.cat([at[:P], at[P:].expand(c)])
+        bias = self.past[at + 1, : P + (c > 0)]
+        tokens = torch.cat([torch.tensor(self.prompt), torch.from_numpy(letters)]).to(dev)
+        logits = self._read(0, tokens, at, P + (c > 0), bias, None)
         self.blocks = prompt_blocks(self.weights, [store[:P] for store in self.stores])
-        self.path[:P] = 0  # from here on a path holds a continuation's own letters only
-        return logits[-1:].float().cpu(), [P - 1]
+        self.path[: P + c] = 0  # from here on a path holds a continuation's own letters only
+        self.path[P : P + c, 0] = torch.arange(P, P + c, device=dev)
+        return logits[P - 1 :].float().cpu(), np.arange(P - 1, P + c)
 
     def _read(self, first: int, tokens, at, width: int, bias, blocks) -> torch.Tensor:
         """Rows first.. read `tokens` at positions `at`, attending to the rows on their paths
@@ -230,6 +238,14 @@ class CacheTree:
         path = self.path.new_zeros((size, self.context))
         path[:keep] = self.path[:keep]
         self.path = path
+
+
+@functools.cache
+def _past(context: int, device) -> torch.Tensor:
+    """(context + 1, context, 1): row L is 0 on a path's first L entries, -inf past them."""
+    at = torch.arange(context, device=device)
+    hidden = at[None, :] >= torch.arange(context + 1, device=device)[:, None]
+    return torch.zeros(hidden.shape, device=device).masked_fill_(hidden, -math.inf)[..., None]
 
 
 @dataclass
@@ -377,13 +393,8 @@ def tree_step(w: TreeWeights, stores, tokens, rot, index, bias, first: int, bloc
     return F.linear(F.rms_norm(x, (d,), None, w.eps), w.lm_head)
 
 
-_compiled_step = None
-
-
+@functools.cache
 def compiled_step():
     """`tree_step` compiled once a process for shapes that vary (torch.compile caches the
     kernels; this keeps the one wrapper)."""
-    global _compiled_step
-    if _compiled_step is None:
-        _compiled_step = torch.compile(tree_step, dynamic=True)
-    return _compiled_step
+    return torch.compile(tree_step, dynamic=True)
