@@ -169,10 +169,9 @@ class CacheTree:
 
     def __call__(self, nodes):
         """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row) of
-        `nodes`, and the row each node now owns (its children's parent row). The first wave
-        is the root (ids ()), alone or followed by continuations of one letter, read with
-        the prompt in one pass. Nodes that come as arrays as well (numpy `parents`, `tokens`,
-        `lengths`: the search's waves) are read from those."""
+        `nodes` and the row each now owns. The first wave is the root (ids ()), alone or then
+        one-letter continuations, read with the prompt. Nodes with numpy `parents`, `tokens`
+        and `lengths` as well (the search's waves) are read from those."""
         if hasattr(nodes, "lengths"):
             parents, tokens, lengths = nodes.parents, nodes.tokens, nodes.lengths
         else:
@@ -224,8 +223,7 @@ class CacheTree:
         return self.step(w, self.stores, tokens, rot, index, bias, first, blocks)
 
     def _reserve(self, n: int) -> None:
-        """Room for n rows more, doubling when full. New rows of keys and values are left
-        uninitialized: a row is written by its own wave before any path leads to it."""
+        """Room for n rows more, doubling when full; new rows are written before read."""
         self.used += n
         if self.used <= len(self.path):
             return
@@ -250,15 +248,13 @@ def _past(context: int, device) -> torch.Tensor:
 
 @dataclass
 class TreeWeights:
-    """A decoder's weights as the tree's forward pass reads them, arranged for fewer and
-    cheaper operations: per layer, queries, keys and values in one matrix (the queries scaled
-    by 1/sqrt(head_dim)), gate and up in one, each RMSNorm's weight folded into the matrix
-    after it; the first layer's queries, keys and values, which depend on the token alone,
-    as a table (`qkv0`); the output and down projections transposed for `addmm` (the
-    residual added in the same call). Each head's query and key dimensions are reordered so
-    that the pairs the rotary embedding rotates together, (j, j + head_dim / 2), lie side by
-    side: the rotation is then one complex product (`rot`, 2.5x faster than rotate_half's
-    roll and two products), and the scores are unchanged (queries and keys reordered alike)."""
+    """A decoder's weights arranged for fewer, cheaper operations: per layer, q, k and v in
+    one matrix (q scaled by 1/sqrt(head_dim)), gate and up in one, RMSNorm weights folded into
+    the matrix after them; the first layer's q, k, v (the token's alone) as a table; output
+    and down projections transposed for `addmm` (residual added in the call). Each head's q
+    and k dimensions reordered so that the pairs the rotary embedding turns together, (j, j +
+    head_dim / 2), lie side by side: the turn is one complex product, 2.5x faster than
+    rotate_half (scores unchanged: q and k reordered alike)."""
 
     embed: torch.Tensor
     qkv0: torch.Tensor  # (vocabulary, 3 * d_model)
@@ -268,7 +264,7 @@ class TreeWeights:
     down_t: list[torch.Tensor]
     qk_norm: list[torch.Tensor] | None  # per layer (2 * heads, head_dim), or None
     lm_head: torch.Tensor
-    rot: torch.Tensor  # (positions, head_dim / 2) complex: cos + i sin
+    rot: torch.Tensor  # (positions, head_dim / 2, 2): (cos, sin)
     act: Callable
     heads: int
     eps: float
@@ -278,9 +274,8 @@ _fused = weakref.WeakKeyDictionary()
 
 
 def fused_weights(model) -> TreeWeights:
-    """The model's TreeWeights, built once and again only when a parameter changed (its
-    version counter moves with every in-place update: training, `load_state_dict`; its
-    storage with `.to`). The parameters are listed once: walking the modules costs ~1 ms."""
+    """The model's TreeWeights, built again only when a parameter changed (its version moves
+    with every in-place update, its storage with `.to`); parameters listed once (~1 ms)."""
     params = _fused[model][0] if model in _fused else list(model.parameters())
     key = [(p.data_ptr(), p._version) for p in params]
     if model not in _fused or _fused[model][1] != key:
@@ -324,7 +319,7 @@ def _fuse(model) -> TreeWeights:
         down_t=[m.down_proj.weight.t().contiguous() for m in mlp],
         qk_norm=qk_norm,
         lm_head=model.lm_head.weight * body.norm.weight,
-        rot=torch.complex(model.rope_cos[:, :half], model.rope_sin[:, :half]),
+        rot=torch.stack([model.rope_cos[:, :half], model.rope_sin[:, :half]], -1),
         act=mlp[0].act,
         heads=heads,
         eps=cfg.norm_eps,
@@ -332,11 +327,10 @@ def _fuse(model) -> TreeWeights:
 
 
 def prompt_blocks(w: TreeWeights, stores: list[torch.Tensor]) -> list:
-    """Per layer, the prompt's keys and values as block-diagonal matrices, one block a head:
-    every continuation's scores over the prompt are then one product (rows, d_model) x
-    (d_model, heads * P), and what it reads there, through the output projection already,
-    another (rows, heads * P) x (heads * P, d_model). They replace gathering the prompt's
-    rows for every continuation (2/3 of the rows gathered, for a 3-letter prefix)."""
+    """Per layer, the prompt's keys and values as block-diagonal matrices, a block a head:
+    a wave's scores over the prompt are then one product (rows, d_model) x (d_model, heads x
+    P), what it reads there, through the output projection, another. They replace gathering
+    the prompt's rows for every continuation (2/3 of the rows, for a 3-letter prefix)."""
     blocks = []
     for store, o_t in zip(stores, w.o_t, strict=True):
         P, d = store.shape[0], store.shape[1] // 2
@@ -351,11 +345,10 @@ def prompt_blocks(w: TreeWeights, stores: list[torch.Tensor]) -> list:
 
 
 def tree_step(w: TreeWeights, stores, tokens, rot, index, bias, first: int, blocks):
-    """Next-token logits of a wave: row b reads `tokens[b]` (rotated by rot[b]), writes
-    its keys and values into row `first + b` of each layer's store (rows, [keys | values]),
-    and attends to the rows `index` (b's path, flattened, `width` rows a continuation) but
-    where `bias` (rows, width, 1; None: none) is -inf, and to the prompt through `blocks`
-    (None: no prompt). The decoder's layer, restated for one token per row."""
+    """Next-token logits of a wave, the decoder restated for one token a row: row b reads
+    `tokens[b]` (turned by rot[b]), writes its keys and values into row `first + b` of each
+    layer's store (rows, [keys | values]) and attends to the rows `index` (b's path, `width`
+    a row) but where `bias` (rows, width, 1; None: none) is -inf, and to `blocks`' prompt."""
     n = tokens.shape[0]
     x = w.embed.index_select(0, tokens)
     d = x.shape[1]
@@ -369,8 +362,7 @@ def tree_step(w: TreeWeights, stores, tokens, rot, index, bias, first: int, bloc
         qk = qkv[:, : 2 * d].view(n, 2 * heads, hd)
         if w.qk_norm is not None:
             qk = F.rms_norm(qk, (hd,), None, w.eps) * w.qk_norm[i]
-        qk = torch.view_as_complex(qk.view(n, 2 * heads, hd // 2, 2)) * rot
-        qk = torch.view_as_real(qk).view(n, 2 * heads, hd)
+        qk = _turn(qk.view(n, 2 * heads, hd // 2, 2), rot).view(n, 2 * heads, hd)
         q = qk[:, :heads]
         torch.cat([qk[:, heads:].reshape(n, d), qkv[:, 2 * d :]], 1, out=store[first : first + n])
         kv = store.index_select(0, index).view(n, width, 2 * d)
@@ -393,8 +385,16 @@ def tree_step(w: TreeWeights, stores, tokens, rot, index, bias, first: int, bloc
     return F.linear(F.rms_norm(x, (d,), None, w.eps), w.lm_head)
 
 
+def _turn(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Pairs (..., 2) turned by rot's (cos, sin): one complex product, but spelled out in real
+    numbers where torch.compile runs it (inductor generates no code for complex numbers)."""
+    if torch.compiler.is_compiling():
+        re, im, cos, sin = x[..., 0], x[..., 1], rot[..., 0], rot[..., 1]
+        return torch.stack([re * cos - im * sin, re * sin + im * cos], -1)
+    return torch.view_as_real(torch.view_as_complex(x) * torch.view_as_complex(rot))
+
+
 @functools.cache
 def compiled_step():
-    """`tree_step` compiled once a process for shapes that vary (torch.compile caches the
-    kernels; this keeps the one wrapper)."""
+    """`tree_step` compiled once a process for shapes that vary (the one wrapper)."""
     return torch.compile(tree_step, dynamic=True)
