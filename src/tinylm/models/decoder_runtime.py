@@ -10,10 +10,16 @@ returns the next-token logits after prompt + continuation for a batch of continu
 
 from __future__ import annotations
 
+import functools
 import heapq
+import math
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tinylm.models.cache import CacheSlots
 
@@ -137,59 +143,258 @@ class Rereading:
 
 
 class CacheTree:
-    """A decoder's keys and values for the whole search tree, one cache row per expanded
-    continuation: the root (the empty continuation) reads the prompt into row 0, and every
-    other continuation copies its parent's row and reads its one new letter on it, instead of
-    re-reading everything from its start (bench/suggest.py: top-5 p50 44 -> 23 ms).
+    """A decoder's keys and values for the whole search tree, laid out for it: the prompt's
+    positions once, then one row per expanded continuation with the keys and values of its
+    own last letter only; a child shares its parent's instead of copying them (the layout
+    before copied the parent's whole row into each child: with the generic forward pass's
+    gathers, 40% of a search). A wave's forward pass is `tree_step`, the decoder restated
+    for one new token per row on fused weights. A continuation attends to the prompt, which
+    all share, through two small products per layer (`prompt_blocks`), and to its own
+    letters, the rows on its `path` (its ancestors' and its own), gathered per wave.
 
-    `compile`: the forward pass runs compiled with dynamic shapes (a wave's size and the
-    cache's length vary), so its ~100 small operations become a few fused kernels: a search
-    takes about two thirds of the time once compiled. A wave padded to one fixed shape was
-    slower: its padding rows and the copies into the tree cost more than they saved
-    (bench/README.md)."""
+    `compile`: `tree_step` runs compiled with dynamic shapes (a wave's size and its paths'
+    length vary), its small operations fused into a few kernels."""
 
     def __init__(self, model, prompt: list[int], compile: bool = False):
         self.model, self.prompt = model, prompt
-        self.forward = compiled_dynamic(model) if compile else model
+        self.step = compiled_step() if compile else tree_step
+        self.weights = fused_weights(model)
         self.device = model.rope_cos.device
-        self.cache, self.used = model.new_cache(1), 0
+        self.context = model.cfg.context_length
+        self.used = 0
+        self.stores: list[torch.Tensor] = []  # per layer: (rows, [keys | values])
+        self.path = torch.zeros((0, self.context), dtype=torch.long, device=self.device)
+        self.blocks: list | None = None  # the prompt's keys and values, per layer
+        self.past = _past(self.context, self.device)
 
-    def __call__(self, nodes: list[tuple[tuple[int, ...], int]]):
-        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row), and
-        the row each node now owns (its children's parent row)."""
-        first = self.used
-        self._reserve(len(nodes))
-        rows = self.cache.span(first, self.used)  # the nodes' own rows, in one block
-        if first == 0:  # the root, alone in the first batch
-            x, start = torch.tensor([self.prompt]), torch.zeros(1, dtype=torch.long)
+    def __call__(self, nodes):
+        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row) of
+        `nodes` and the row each now owns. The first wave is the root (ids ()), alone or then
+        one-letter continuations, read with the prompt. Nodes with numpy `parents`, `tokens`
+        and `lengths` as well (the search's waves) are read from those."""
+        if hasattr(nodes, "lengths"):
+            parents, tokens, lengths = nodes.parents, nodes.tokens, nodes.lengths
         else:
-            parents = torch.tensor([parent for _, parent in nodes], device=self.device)
-            for mine, all_ in zip(rows.k + rows.v, self.cache.k + self.cache.v, strict=True):
-                mine[:] = all_[parents]  # each node starts from its parent's row
-            x = torch.tensor([[ids[-1]] for ids, _ in nodes])
-            start = torch.tensor([len(self.prompt) - 1 + len(ids) for ids, _ in nodes])
-        slots = CacheSlots(start.to(self.device), int(start.max()) + x.shape[1])
-        logits = self.forward(x.to(self.device), cache=rows, slots=slots).logits[:, -1]
-        return logits.float().cpu(), list(range(first, self.used))
+            parents = np.array([parent for _, parent in nodes])
+            tokens = np.array([ids[-1] if ids else -1 for ids, _ in nodes])
+            lengths = np.array([len(ids) for ids, _ in nodes])
+        if self.used == 0:
+            return self._read_prompt(tokens[1:])
+        n, first, dev = len(nodes), self.used, self.device
+        width, P = int(lengths.max()), len(self.prompt)
+        if P + width > self.context:
+            raise ValueError(f"a continuation reaches position {P + width}, past the context")
+        self._reserve(n)
+        parents, tokens, depth = (torch.from_numpy(a).to(dev) for a in (parents, tokens, lengths))
+        path = self.path[first : first + n]  # the parent's path, then the node's own row
+        path.copy_(self.path.index_select(0, parents))
+        path[torch.arange(n, device=dev), depth - 1] = torch.arange(first, first + n, device=dev)
+        # shorter paths than the longest: what lies past their end is not read
+        bias = None if lengths.min() == width else self.past[depth, :width]
+        logits = self._read(first, tokens, depth + (P - 1), width, bias, self.blocks)
+        return logits.float().cpu(), np.arange(first, first + n)
+
+    def _read_prompt(self, letters):
+        """The prompt and the root's children (reading `letters`) in one pass: position i of
+        the prompt in row i, attending to rows 0..i, the children after them; the root owns
+        row P-1. (A search reads most of the root's children; a wave costs ~40 rows.)"""
+        P, c, dev = len(self.prompt), len(letters), self.device
+        if P + (c > 0) > self.context:
+            raise ValueError(f"a prompt of {P} tokens leaves no room in the context")
+        self._reserve(P + c)
+        at = torch.arange(P + 1, device=dev)
+        self.path[: P + c, : P + 1] = at  # row i < P: rows 0..i (the rest, past it, unread)
+        self.path[P : P + c, P] = torch.arange(P, P + c, device=dev)
+        at = torch.cat([at[:P], at[P:].expand(c)])
+        bias = self.past[at + 1, : P + (c > 0)]
+        tokens = torch.cat([torch.tensor(self.prompt), torch.from_numpy(letters)]).to(dev)
+        logits = self._read(0, tokens, at, P + (c > 0), bias, None)
+        self.blocks = prompt_blocks(self.weights, [store[:P] for store in self.stores])
+        self.path[: P + c] = 0  # from here on a path holds a continuation's own letters only
+        self.path[P : P + c, 0] = torch.arange(P, P + c, device=dev)
+        return logits[P - 1 :].float().cpu(), np.arange(P - 1, P + c)
+
+    def _read(self, first: int, tokens, at, width: int, bias, blocks) -> torch.Tensor:
+        """Rows first.. read `tokens` at positions `at`, attending to the rows on their paths
+        (the first `width`, but where `bias` is -inf) and to the prompt (`blocks`)."""
+        w = self.weights
+        rot = w.rot.index_select(0, at)[:, None]
+        index = self.path[first : first + len(tokens), :width].flatten()
+        return self.step(w, self.stores, tokens, rot, index, bias, first, blocks)
 
     def _reserve(self, n: int) -> None:
-        """Room for n rows more, doubling when full. New rows are left uninitialized (zeroing
-        them costs more than the search): a row is overwritten by its parent's before anything
-        reads it, so every value read descends from row 0, which starts zeroed."""
+        """Room for n rows more, doubling when full; new rows are written before read."""
         self.used += n
-        if self.used > self.cache.rows:
-            for tensors in (self.cache.k, self.cache.v):
-                for i, old in enumerate(tensors):
-                    tensors[i] = old.new_empty((2 * self.used, *old.shape[1:]))
-                    tensors[i][: self.used - n] = old[: self.used - n]
+        if self.used <= len(self.path):
+            return
+        size, keep = max(256, 2 * self.used), self.used - n
+        cfg, like = self.model.cfg, self.weights.embed
+        old = self.stores or [like.new_empty((0, 2 * cfg.d_model))] * cfg.n_layers
+        self.stores = [like.new_empty((size, 2 * cfg.d_model)) for _ in old]
+        for store, kept in zip(self.stores, old, strict=True):
+            store[:keep] = kept[:keep]
+        path = self.path.new_zeros((size, self.context))
+        path[:keep] = self.path[:keep]
+        self.path = path
 
 
-_compiled = weakref.WeakKeyDictionary()
+@functools.cache
+def _past(context: int, device) -> torch.Tensor:
+    """(context + 1, context, 1): row L is 0 on a path's first L entries, -inf past them."""
+    at = torch.arange(context, device=device)
+    hidden = at[None, :] >= torch.arange(context + 1, device=device)[:, None]
+    return torch.zeros(hidden.shape, device=device).masked_fill_(hidden, -math.inf)[..., None]
 
 
-def compiled_dynamic(model):
-    """The model compiled once a process for shapes that vary (torch.compile caches the
-    kernels; this keeps the one wrapper per model)."""
-    if model not in _compiled:
-        _compiled[model] = torch.compile(model, dynamic=True)
-    return _compiled[model]
+@dataclass
+class TreeWeights:
+    """A decoder's weights arranged for fewer, cheaper operations: per layer, q, k and v in
+    one matrix (q scaled by 1/sqrt(head_dim)), gate and up in one, RMSNorm weights folded into
+    the matrix after them; the first layer's q, k, v (the token's alone) as a table; output
+    and down projections transposed for `addmm` (residual added in the call). Each head's q
+    and k dimensions reordered so that the pairs the rotary embedding turns together, (j, j +
+    head_dim / 2), lie side by side: the turn is one complex product, 2.5x faster than
+    rotate_half (scores unchanged: q and k reordered alike)."""
+
+    embed: torch.Tensor
+    qkv0: torch.Tensor  # (vocabulary, 3 * d_model)
+    qkv: list[torch.Tensor]
+    o_t: list[torch.Tensor]
+    gate_up: list[torch.Tensor]
+    down_t: list[torch.Tensor]
+    qk_norm: list[torch.Tensor] | None  # per layer (2 * heads, head_dim), or None
+    lm_head: torch.Tensor
+    rot: torch.Tensor  # (positions, head_dim / 2, 2): (cos, sin)
+    act: Callable
+    heads: int
+    eps: float
+
+
+_fused = weakref.WeakKeyDictionary()
+
+
+def fused_weights(model) -> TreeWeights:
+    """The model's TreeWeights, built again only when a parameter changed (its version moves
+    with every in-place update, its storage with `.to`); parameters listed once (~1 ms)."""
+    params = _fused[model][0] if model in _fused else list(model.parameters())
+    key = [(p.data_ptr(), p._version) for p in params]
+    if model not in _fused or _fused[model][1] != key:
+        _fused[model] = (params, key, _fuse(model))
+    return _fused[model][2]
+
+
+@torch.no_grad()
+def _fuse(model) -> TreeWeights:
+    cfg, body = model.cfg, model.model
+    heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+    scale = 1.0 / math.sqrt(head_dim)
+    attn = [layer.self_attn for layer in body.layers]
+    mlp = [layer.mlp for layer in body.layers]
+    half = head_dim // 2
+    pairs = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten()
+    qk_norm = None
+    if cfg.qk_norm:  # the norm comes before the rotation: the scale goes into its weight
+        qk_norm = [
+            torch.stack([a.q_norm.weight * scale] * heads + [a.k_norm.weight] * heads)[:, pairs]
+            for a in attn
+        ]
+    q_scale = 1.0 if cfg.qk_norm else scale
+    rows = (torch.arange(heads)[:, None] * head_dim + pairs).flatten()  # pairs side by side
+    qkv = [
+        torch.cat([a.q_proj.weight[rows] * q_scale, a.k_proj.weight[rows], a.v_proj.weight])
+        for a in attn
+    ]
+    norm_in = [layer.input_layernorm.weight for layer in body.layers]
+    first = F.rms_norm(body.embed_tokens.weight, (cfg.d_model,), norm_in[0], cfg.norm_eps)
+    return TreeWeights(
+        embed=body.embed_tokens.weight.detach(),
+        qkv0=F.linear(first, qkv[0]),
+        qkv=[m * w for m, w in zip(qkv, norm_in, strict=True)],
+        o_t=[a.o_proj.weight.t().contiguous() for a in attn],
+        gate_up=[
+            torch.cat([m.gate_proj.weight, m.up_proj.weight])
+            * layer.post_attention_layernorm.weight
+            for m, layer in zip(mlp, body.layers, strict=True)
+        ],
+        down_t=[m.down_proj.weight.t().contiguous() for m in mlp],
+        qk_norm=qk_norm,
+        lm_head=model.lm_head.weight * body.norm.weight,
+        rot=torch.stack([model.rope_cos[:, :half], model.rope_sin[:, :half]], -1),
+        act=mlp[0].act,
+        heads=heads,
+        eps=cfg.norm_eps,
+    )
+
+
+def prompt_blocks(w: TreeWeights, stores: list[torch.Tensor]) -> list:
+    """Per layer, the prompt's keys and values as block-diagonal matrices, a block a head:
+    a wave's scores over the prompt are then one product (rows, d_model) x (d_model, heads x
+    P), what it reads there, through the output projection, another. They replace gathering
+    the prompt's rows for every continuation (2/3 of the rows, for a 3-letter prefix)."""
+    blocks = []
+    for store, o_t in zip(stores, w.o_t, strict=True):
+        P, d = store.shape[0], store.shape[1] // 2
+        k, v = store[:, :d].view(P, w.heads, -1), store[:, d:].view(P, w.heads, -1)
+        keys = torch.block_diag(*k.unbind(1)).t()  # (d_model, heads x P)
+        values = torch.block_diag(*v.unbind(1)) @ o_t  # (heads x P, d_model)
+        # columns and rows in (position, head) order, as the scores lie: (rows, P, heads)
+        keys = keys.view(d, w.heads, P).transpose(1, 2).reshape(d, P * w.heads)
+        values = values.view(w.heads, P, d).transpose(0, 1).reshape(P * w.heads, d)
+        blocks.append((keys, values))
+    return blocks
+
+
+def tree_step(w: TreeWeights, stores, tokens, rot, index, bias, first: int, blocks):
+    """Next-token logits of a wave, the decoder restated for one token a row: row b reads
+    `tokens[b]` (turned by rot[b]), writes its keys and values into row `first + b` of each
+    layer's store (rows, [keys | values]) and attends to the rows `index` (b's path, `width`
+    a row) but where `bias` (rows, width, 1; None: none) is -inf, and to `blocks`' prompt."""
+    n = tokens.shape[0]
+    x = w.embed.index_select(0, tokens)
+    d = x.shape[1]
+    heads, hd, ff = w.heads, d // w.heads, w.gate_up[0].shape[0] // 2
+    width = index.shape[0] // n
+    for i, store in enumerate(stores):
+        if i == 0:
+            qkv = w.qkv0.index_select(0, tokens)
+        else:
+            qkv = F.linear(F.rms_norm(x, (d,), None, w.eps), w.qkv[i])
+        qk = qkv[:, : 2 * d].view(n, 2 * heads, hd)
+        if w.qk_norm is not None:
+            qk = F.rms_norm(qk, (hd,), None, w.eps) * w.qk_norm[i]
+        qk = _turn(qk.view(n, 2 * heads, hd // 2, 2), rot).view(n, 2 * heads, hd)
+        q = qk[:, :heads]
+        torch.cat([qk[:, heads:].reshape(n, d), qkv[:, 2 * d :]], 1, out=store[first : first + n])
+        kv = store.index_select(0, index).view(n, width, 2 * d)
+        k, v = kv[..., :d].view(n, width, heads, hd), kv[..., d:].view(n, width, heads, hd)
+        scores = (k * q[:, None]).sum(-1)  # (rows, width, heads)
+        if bias is not None:
+            scores = scores + bias
+        # softmax over dim 1, not over a last dim this short: 3x faster on a CPU
+        if blocks is None:
+            att = scores.softmax(1)
+        else:
+            on_prompt = (q.reshape(n, d) @ blocks[i][0]).view(n, -1, heads)
+            att = torch.cat([on_prompt, scores], 1).softmax(1)
+            P = on_prompt.shape[1]
+            x = torch.addmm(x, att[:, :P].reshape(n, -1), blocks[i][1])
+            att = att[:, P:]
+        x = torch.addmm(x, (att[..., None] * v).sum(1).view(n, d), w.o_t[i])
+        gu = F.linear(F.rms_norm(x, (d,), None, w.eps), w.gate_up[i])
+        x = torch.addmm(x, w.act(gu[:, :ff]) * gu[:, ff:], w.down_t[i])
+    return F.linear(F.rms_norm(x, (d,), None, w.eps), w.lm_head)
+
+
+def _turn(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Pairs (..., 2) turned by rot's (cos, sin): one complex product, but spelled out in real
+    numbers where torch.compile runs it (inductor generates no code for complex numbers)."""
+    if torch.compiler.is_compiling():
+        re, im, cos, sin = x[..., 0], x[..., 1], rot[..., 0], rot[..., 1]
+        return torch.stack([re * cos - im * sin, re * sin + im * cos], -1)
+    return torch.view_as_real(torch.view_as_complex(x) * torch.view_as_complex(rot))
+
+
+@functools.cache
+def compiled_step():
+    """`tree_step` compiled once a process for shapes that vary (the one wrapper)."""
+    return torch.compile(tree_step, dynamic=True)

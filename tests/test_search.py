@@ -1,0 +1,179 @@
+"""The word search against references of its own: the best-first search as it was before it
+ran in wide waves on a tree cache (a Python heap, the best 128 continuations a wave), reading
+every continuation from scratch through the plain model; and the tree's forward pass against
+the decoder's."""
+
+import heapq
+import math
+import string
+
+import pytest
+import torch
+
+from tinylm import load
+from tinylm.config import ModelConfig
+from tinylm.inference.logprobs import log_probs
+from tinylm.inference.search import WordRules, likeliest_words
+from tinylm.models import Decoder
+
+
+def reread(model, prompt):
+    """A search backend without any cache: each continuation read from its start."""
+
+    def expand(nodes):
+        seqs = [prompt + list(ids) for ids, _ in nodes]
+        x = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            x[i, : len(s)] = torch.tensor(s)
+        logits = model(x).logits  # causal: the padding after a row's end is never seen
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        return logits[torch.arange(len(seqs)), last], [-1] * len(nodes)
+
+    return expand
+
+
+@torch.no_grad()
+def reference_search(expand, rules: WordRules, k: int, batch=128, max_expansions=4096):
+    """The search as it was (inference/search.py before the wide waves), kept as the standard."""
+    letters, eos = rules.letters, rules.eos
+    open_ = [(0.0, (), -1)]
+    done, found, expanded = [], [], 0
+    while len(found) < k:
+        while done and len(found) < k and (not open_ or done[0][0] <= open_[0][0]):
+            cost, ids = heapq.heappop(done)
+            found.append((list(ids), math.exp(-cost)))
+        if len(found) == k or not open_ or expanded >= max_expansions:
+            break
+        need = k - len(found)
+        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+        nodes = []
+        while open_ and len(nodes) < batch and open_[0][0] <= bound:
+            nodes.append(heapq.heappop(open_))
+        if not nodes:
+            open_ = []
+            continue
+        expanded += len(nodes)
+        logits, rows_of = expand([(ids, parent) for _, ids, parent in nodes])
+        logp = log_probs(logits).double()
+        costs = torch.tensor([cost for cost, _, _ in nodes], dtype=torch.float64)
+        for (_, ids, _), end in zip(nodes, (costs - logp[:, eos]).tolist(), strict=True):
+            if len(ids) >= rules.min_letters:
+                heapq.heappush(done, (end, ids))
+        bound = heapq.nsmallest(need, done)[-1][0] if len(done) >= need else math.inf
+        child = costs[:, None] - logp[:, letters]
+        growing = torch.tensor([len(ids) < rules.max_letters for _, ids, _ in nodes])
+        rows, cols = torch.nonzero((child <= bound) & growing[:, None], as_tuple=True)
+        for r, c, cost in zip(
+            rows.tolist(), cols.tolist(), child[rows, cols].tolist(), strict=True
+        ):
+            heapq.heappush(open_, (cost, (*nodes[r][1], letters[c]), rows_of[r]))
+    return found, len(found) == k or not open_
+
+
+def assert_same_ranking(got, want, rel=1e-4):
+    """The same words in the same order with the same probabilities, but for words whose
+    probabilities tie within `rel` (float rounding may order those either way)."""
+    assert len(got) == len(want)
+    for (_, p), (_, q) in zip(got, want, strict=True):
+        assert p == pytest.approx(q, rel=rel)
+    for i, ((a, p), (b, _)) in enumerate(zip(got, want, strict=True)):
+        if a != b:
+            near = [w for w, q in want if q == pytest.approx(p, rel=rel)]
+            assert a in near or (i == len(want) - 1 and p == pytest.approx(want[-1][1], rel=rel))
+
+
+@pytest.fixture(scope="module")
+def words_model(tiny_run):
+    loaded = load(tiny_run.path, device="cpu")
+    return loaded.net, loaded.task, loaded.tokenizer
+
+
+def rules_for(task, tok, prefix, max_length=None):
+    letters = [i for i in range(tok.vocab_size) if i not in task.banned and i != tok.eos_id]
+    return WordRules(
+        letters,
+        tok.eos_id,
+        max_letters=(max_length or task.max_len) - len(prefix),
+        min_letters=task.cfg.data.min_len - len(prefix),
+    )
+
+
+PREFIXES = ["a", "q", "z", *(a + b for a in "bcpst" for b in "aeiou"), "str", "pre", "xyl"]
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_the_search_finds_what_the_old_search_found(words_model, k):
+    model, task, tok = words_model
+    for prefix in PREFIXES:
+        if any(c not in tok.characters for c in prefix):
+            continue
+        prompt, rules = task.prompt(prefix).ids, rules_for(task, tok, prefix)
+        want, want_exact = reference_search(reread(model, prompt), rules, k)
+        found = likeliest_words(model, prompt, rules, k)
+        assert found.exact and want_exact, prefix
+        assert_same_ranking(found.words, want)
+
+
+def test_short_limits_and_narrow_waves_change_nothing(words_model):
+    model, task, tok = words_model
+    for prefix, max_length in [("ca", 3), ("ca", 4), ("s", 6), ("pre", 5)]:
+        prompt, rules = task.prompt(prefix).ids, rules_for(task, tok, prefix, max_length)
+        want, _ = reference_search(reread(model, prompt), rules, 5)
+        for batch in (3, 4096):
+            found = likeliest_words(model, prompt, rules, 5, batch=batch)
+            assert_same_ranking(found.words, want)
+            assert all(len(ids) <= max_length - len(prefix) for ids, _ in found.words)
+
+
+def test_out_of_budget_the_words_given_are_the_best_in_order(words_model):
+    model, task, tok = words_model
+    prompt, rules = task.prompt("s").ids, rules_for(task, tok, "s")
+    full = likeliest_words(model, prompt, rules, 5)
+    for budget in (1, 2, 30):
+        cut = likeliest_words(model, prompt, rules, 5, max_expansions=budget)
+        assert not cut.exact
+        assert [ids for ids, _ in cut.words] == [ids for ids, _ in full.words][: len(cut.words)]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"qk_norm": True}, {"activation": "relu2", "tie_embeddings": True}],
+    ids=["llama", "qk-norm", "relu2-tied"],
+)
+@torch.no_grad()
+def test_the_tree_reads_each_continuation_as_the_decoder_does(extra):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=12, **extra)
+    model = Decoder(cfg, len(string.ascii_lowercase) + 3).eval()
+    for name, p in model.named_parameters():  # sharper than at init: attention that varies
+        if "norm" not in name:
+            p.mul_(4)
+    prompt, longest = [1, 5, 9], cfg.context_length - 3  # letters a continuation may have
+    tree = model.search(prompt)
+    g = torch.Generator().manual_seed(1)
+    nodes, rows = [((), -1), ((4,), -1), ((7,), -1)], {}  # the root, read with two children
+    for wave in range(6):  # waves of continuations of mixed lengths, past the tree's first 256 rows
+        logits, owned = tree(nodes)
+        for (ids, _), got, row in zip(nodes, logits, owned, strict=True):
+            want = model(torch.tensor([prompt + list(ids)])).logits[0, -1]
+            assert (got - want).abs().max() <= 1e-5, ids
+            rows[ids] = row
+        known = [ids for ids in rows if len(ids) < longest]
+        children = {}
+        for i in torch.randint(0, len(known), (40 * (wave + 1),), generator=g).tolist():
+            child = (*known[i], int(torch.randint(3, 29, (1,), generator=g)))
+            if child not in rows:
+                children[child] = (child, rows[known[i]])
+        nodes = list(children.values())
+
+
+@torch.no_grad()
+def test_a_decoder_without_training_searches_exactly_too():
+    """Flat predictions: the widest trees, deepest paths and most ties the search meets."""
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=48), 12).eval()
+    rules = WordRules(letters=list(range(4, 12)), eos=2, max_letters=4, min_letters=1)
+    want, _ = reference_search(reread(model, [1, 5]), rules, 6)
+    found = likeliest_words(model, [1, 5], rules, 6)
+    assert found.exact
+    assert_same_ranking(found.words, want)
