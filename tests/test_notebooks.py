@@ -25,3 +25,18 @@ def test_the_notebook_runs_in_a_kernel(name, tmp_path, words_file, text_file, mo
     assert not [o for o in outputs if o.output_type == "error"]
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) >= 2  # loss curves and attention
+
+
+@pytest.mark.parametrize("name", ["word_completer", "text_generator"])
+def test_the_committed_notebook_shows_its_outputs(name):
+    """The README promises the notebooks "with their outputs": every code cell was run, in
+    order, without an error, with its pictures, and the file stays small enough to read on
+    GitHub."""
+    path = NOTEBOOKS / f"{name}.ipynb"
+    book = nbformat.read(path, as_version=4)
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    outputs = [o for cell in code for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2
+    assert path.stat().st_size < 3_000_000
