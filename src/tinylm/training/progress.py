@@ -52,7 +52,7 @@ class Progress:
             initial=min(state.elapsed if cfg.time else state.step, total or 0),
             disable=not (show and env.is_main),
             unit="s" if cfg.time else "step",
-            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}] {postfix}",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]",
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 30,
         )
