@@ -146,3 +146,16 @@ def text_server(text_runs):
 
     with LiveServer(create_app(text_runs["pile-bpe"].path, Limits(max_tokens=64, max_n=4))) as s:
         yield s
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """The Hugging Face hub as a machine without a network meets it: names do not resolve."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)

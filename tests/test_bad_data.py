@@ -209,15 +209,7 @@ def test_a_second_run_on_the_same_data_says_it_again(capsys, tmp_path):
 # --- hub datasets -------------------------------------------------------------------------------
 
 
-def test_an_unreachable_hub_stops_within_seconds(capsys, tmp_path, monkeypatch):
-    import huggingface_hub
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("[Errno -2] Name or service not known")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
+def test_an_unreachable_hub_stops_within_seconds(capsys, tmp_path, unreachable_hub):
     start = time.perf_counter()
     stops(
         *train_text(capsys, tmp_path, "hf:NeelNanda/pile-10k"), "Cannot reach the Hugging Face hub"

@@ -84,15 +84,7 @@ def test_unsupported_and_missing_sources(tmp_path):
         open_corpus(str(tmp_path / "*.parquet"))
 
 
-def test_offline_hub_fails_fast_with_one_sentence(monkeypatch):
-    import huggingface_hub
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("[Errno -2] Name or service not known")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
+def test_offline_hub_fails_fast_with_one_sentence(unreachable_hub):
     start = time.perf_counter()
     with pytest.raises(UserError, match="Cannot reach the Hugging Face hub"):
         open_corpus("hf:NeelNanda/pile-10k")
