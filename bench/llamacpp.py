@@ -31,7 +31,7 @@ import torch
 import tinylm
 from tinylm.inference import Engine, Sampling
 from tinylm.inference import engine as engine_module
-from tinylm.models import decoder
+from tinylm.models import decoder_runtime
 
 PROMPT = "The history of the"
 
@@ -140,10 +140,9 @@ def profile(loaded, per_token_us: dict[str, float], steps: int = 100, warmup: in
     `steps` steps after `warmup` are timed plainly, then the same steps of a fresh job run
     under torch.profiler (CPU activities; no Python stacks, which slow operators down further).
     A group's time is the self CPU time, per step, of the operators (aten ops; compiled, also
-    inductor's C++ kernels, which main has inductor label) under an outermost operator of that
-    group; the profiled eager steps run with record_function labels around sampling's
-    `choose`, `rotate_half`, the cache writes, `Attention.forward` (its multiply-adds are the
-    rotary ones) and `Decoder.forward` (its index ops look up cos and sin).
+    inductor's C++ kernels, which main has inductor label, and the C++ wrapper's calls of
+    ATen's matrix products) under an outermost operator of that group; the profiled eager
+    steps run with record_function labels around sampling's `choose` and the rotary `turn`.
     "Python and dispatch overhead" = the plain wall time per step minus the sum of all those
     self times: the interpreter (engine, backend, modules), argument parsing and dispatch
     outside the operators' bodies, compiled code's guards and wrappers. The profiler's own
@@ -166,32 +165,35 @@ def profile(loaded, per_token_us: dict[str, float], steps: int = 100, warmup: in
         static = isinstance(vars(owner).get(name), staticmethod)
         return mock.patch.object(owner, name, staticmethod(run) if static else run)
 
-    labels = [(engine_module, "choose", "sampling"), (decoder, "rotate_half", "rotary")]
-    labels += [(decoder.Attention, "_through_cache", "cache writes")]
-    labels += [(decoder.Attention, "forward", "attention"), (decoder.Decoder, "forward", "model")]
+    labels = [(engine_module, "choose", "sampling"), (decoder_runtime, "turn", "rotary")]
     marks = {label for _, _, label in labels}
     linear = ("aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm")
-    rotary = [("attention", "aten::mul"), ("attention", "aten::add"), ("model", "aten::index")]
+    linear += ("aoti_torch_cpu_mm_out", "aoti_torch_cpu_addmm_out")  # (compiled: extern calls)
 
     def group(op: str, label: str | None) -> str:
-        if label in ("sampling", "rotary", "cache writes"):
+        if label in ("sampling", "rotary"):
             return label
-        if (label, op) in rotary:
-            return "rotary"
         if "cpp_fused" in op:
             return "compiled kernels"
-        if "scaled_dot_product" in op:
-            return "attention (sdpa)"
-        if op in ("aten::rms_norm", "aten::layer_norm"):
+        if op in ("aten::index_put_", "aten::_index_put_impl_"):
+            return "cache writes"
+        if op in ("aten::rms_norm", "aten::_fused_rms_norm"):
             return "norms"
-        return "linear (matmuls)" if op in linear else "other aten ops"
+        if op in ("aten::softmax", "aten::_softmax"):
+            return "softmax"
+        return "matmuls" if op in linear else "other aten ops"
 
     def is_op(e) -> bool:
-        return "::" in e.name and not e.name.startswith("profiler::") or "cpp_fused" in e.name
+        name = e.name
+        return (
+            "::" in name
+            and not name.startswith("profiler::")
+            or name.startswith(("aoti_", "graph_0_cpp_fused", "cpp_fused"))
+        )
 
     n = min(steps, loaded.cfg.model.context_length - len(loaded.task.prompt(PROMPT).ids) - warmup)
-    groups = ["linear (matmuls)", "attention (sdpa)", "norms", "rotary", "sampling"]
-    groups += ["cache writes", "compiled kernels", "other aten ops"]
+    groups = ["matmuls", "softmax", "norms", "rotary", "sampling", "cache writes"]
+    groups += ["compiled kernels", "other aten ops"]
     table = {}
     for mode, compile in [("eager", False), ("compiled", True)][: 1 + loaded.compiled]:
         wall = []

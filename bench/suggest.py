@@ -162,15 +162,15 @@ class Counts:
     search backend."""
 
     def __init__(self, net):
-        self.by_prefix, self.prefix = {}, None
+        self.searches: list[tuple[str, list[int]]] = []  # (prefix, rows of each wave)
         backend = net.search
 
         def search(prompt, compile=False):
             expand = backend(prompt, compile)
 
             def counted(nodes):
-                waves = self.by_prefix.setdefault(self.prefix, [])
-                waves.append(len(nodes))
+                if self.searches:  # (not the warm-up)
+                    self.searches[-1][1].append(len(nodes))
                 return expand(nodes)
 
             return counted
@@ -178,12 +178,11 @@ class Counts:
         net.search = search
 
     def start(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.by_prefix[prefix] = []
+        self.searches.append((prefix, []))
 
     def report(self, ms: list[float]) -> None:
         """The slowest prefixes, their waves and rows; the mean waves and rows of all."""
-        seen = list(self.by_prefix.items())
+        seen = self.searches
         slow = sorted(zip(ms, seen, strict=True), key=lambda t: -t[0])[:12]
         for t, (prefix, waves) in slow:
             print(f"{t:7.2f} ms  {prefix}  waves {len(waves)}  rows {sum(waves)}  {waves}")

@@ -47,17 +47,18 @@ def test_generation_respects_max_new_tokens_and_goes_past_the_context(text_runs)
     assert len(steps) == 2 * ctx  # the window slides, generation goes on
 
 
-def test_generation_stops_at_end_of_text(text_runs):
+def test_generation_stops_at_end_of_text(text_runs, monkeypatch):
+    from tinylm.inference import engine
+
     loaded = load(text_runs["pile-word"].path)
     calls = []
 
-    def end_after_three_words(module, inputs, logits):
+    def end_after_three_words(logits, *args):  # the sampler draws end-of-text the 4th time
         calls.append(1)
-        if len(calls) > 3:  # the prompt, then two more steps: make end-of-text certain
-            logits[..., loaded.tokenizer.eos_id] = 1e4
-        return logits
+        return loaded.tokenizer.eos_id if len(calls) > 3 else choose(logits, *args)
 
-    loaded.net.lm_head.register_forward_hook(end_after_three_words)
+    choose = engine.choose
+    monkeypatch.setattr(engine, "choose", end_after_three_words)
     pieces = list(loaded.stream("the", max_new_tokens=20, temperature=1.0, top_p=1.0, seed=0))
     assert len(pieces) == 3 and all(p.startswith(" ") for p in pieces)
 

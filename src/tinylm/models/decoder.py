@@ -2,8 +2,8 @@
 
 The module names and the math are those of Hugging Face's Llama, so the saved weights load with
 `LlamaForCausalLM` unchanged (see `hf_config`); with `qk_norm` they are Qwen3's. The network is
-in this one file, nanoGPT style; how it generates and searches (its key/value cache policies)
-is in decoder_runtime.py.
+in this one file, nanoGPT style; how it generates (its key/value cache policy) is in
+decoder_runtime.py, how it searches words in decoder_tree.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tinylm import atomic
 from tinylm.config import ModelConfig
 from tinylm.data.batching import PackedWordBatches
 from tinylm.errors import UserError
-from tinylm.models import decoder_runtime
+from tinylm.models import decoder_runtime, decoder_tree
 from tinylm.models.cache import CacheSlots, KVCache
 
 WEIGHTS = "model.safetensors"
@@ -260,7 +260,7 @@ class Decoder(nn.Module):
     def search(self, prompt: list[int], compile: bool = False):
         if not self.cfg.causal:  # every position sees the whole word: nothing to cache
             return decoder_runtime.Rereading(self, prompt)
-        return decoder_runtime.CacheTree(self, prompt, compile)
+        return decoder_tree.CacheTree(self, prompt, compile)
 
     def attention(self, prompt: list[int]) -> list[tuple[str, list, list, torch.Tensor]]:
         """(name, query ids, key ids, weights (layers, heads, queries, keys)) of its
