@@ -13,7 +13,7 @@ With --compile each prefix is searched eager and then compiled, alternating, so 
 same machine (whose speed moves from minute to minute); the first compiled search compiles
 (`compile_s`, not counted in the percentiles), and `compiled_differ` counts the prefixes whose
 two lists differ (only near-ties could). --against SRC does the same with the search of
-another checkout (its inference/search.py and models/decoder_runtime.py, loaded beside this
+another checkout (its inference/search.py and models/decoder_tree.py, loaded beside this
 one's: `against_*` figures, `against_differ`, and the largest relative difference of a
 probability). --serve N starts `tinylm serve` on the run and has N clients type the same
 prefixes at once, one request (`POST /v1/completions`, temperature 0, n 5) a keystroke every
@@ -125,7 +125,10 @@ def clock(search, prefix: str):
 def load_search(src: Path):
     """Another checkout's search and search tree, as modules of their own beside this one's."""
     mods = {}
-    for name, rel in [("tree", "models/decoder_runtime.py"), ("search", "inference/search.py")]:
+    tree = "models/decoder_tree.py"
+    if not (src / "tinylm" / tree).exists():
+        tree = "models/decoder_runtime.py"  # (where the tree lay before)
+    for name, rel in [("tree", tree), ("search", "inference/search.py")]:
         spec = importlib.util.spec_from_file_location(f"against_{name}", src / "tinylm" / rel)
         mods[name] = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mods[name]

@@ -1,5 +1,6 @@
 """The engine against an independent reference: a plain model, full forward, no cache."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -62,13 +63,25 @@ def new_job(prompt, max_tokens, temperature=1.0, seed=0, **kw):
     return Job(prompt, max_tokens, Sampling(temperature), make_generator(seed), **kw)
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    "compile, variant",
+    [
+        (False, {}),
+        (True, {}),
+        (False, {"qk_norm": True, "activation": "relu2", "tie_embeddings": True}),
+    ],
+    ids=["eager", "compiled", "qk-norm-relu2-tied"],
+)
 @torch.no_grad()
-def test_engine_logits_equal_a_plain_decoder_with_windows_sliding_while_others_run(compile):
+def test_engine_logits_equal_a_plain_decoder_with_windows_sliding_while_others_run(
+    compile, variant
+):
+    """The decode step restates the decoder on fused weights (models/fused.py); the plain
+    decoder reads each whole sequence again, for every variant of the model."""
     if compile and (why := compile_unavailable(torch.device("cpu"))):
         pytest.skip(why)
     torch.manual_seed(0)
-    model = Decoder(CFG, VOCAB).eval()
+    model = Decoder(dataclasses.replace(CFG, **variant), VOCAB).eval()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 17, 30, 1)]
     jobs = [new_job(p, 45, seed=i) for i, p in enumerate(prompts[:3])]

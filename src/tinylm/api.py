@@ -10,6 +10,9 @@ server stand on it; notebooks use it directly.
 Results are dataclasses (results.py) that print on a console and show themselves in Jupyter.
 A mistake (a bad preset, a prefix with unknown letters, a damaged run directory) raises
 `tinylm.UserError` with one sentence, the sentence the command line prints before exit 2.
+
+What only training, evaluation, views, export or the Hub need is imported where it is used, so
+that `tinylm complete RUN fin` and `tinylm serve` start sooner (bench/startup.py).
 """
 
 from __future__ import annotations
@@ -22,19 +25,17 @@ from pathlib import Path
 
 import torch
 
-from tinylm import card, explain, hub, report, results, training, views
 from tinylm import distributed as dist
+from tinylm import results, views
 from tinylm.config import RunConfig
 from tinylm.data import words as data_words
 from tinylm.data.text import open_corpus
 from tinylm.device import compile_unavailable, pick_device
 from tinylm.errors import UserError
-from tinylm.export import export_gguf
 from tinylm.inference import Engine, Job, Sampling
 from tinylm.models import param_breakdown
 from tinylm.runs import RunDir
 from tinylm.tasks import Prompt, task_for
-from tinylm.training import trackers
 
 CAVEAT = (
     "This run was trained without a causal mask (model.causal=false): every position could see "
@@ -179,6 +180,9 @@ class Model:
         `tinylm eval --json` prints. Saved as eval.json (eval-NAME.json for other data) and
         sent to the trackers the run trained with (training/trackers.py); the test split's
         figures go into the model card too (card.py)."""
+        from tinylm import card
+        from tinylm.training import trackers
+
         result = self.task.evaluate(self, self.run, data, samples, seed)
         result.data, result.caveat = data or "test split", self.caveat
         if save:
@@ -192,12 +196,16 @@ class Model:
     def attention(self, text: str) -> views.Attention:
         """The model's attention weights while it reads `text` as a prompt; a picture in
         Jupyter, `.save(path)` for a file, `.to_dict()` for the numbers."""
+        from tinylm import explain
+
         prompt = self.task.prompt(text).ids
         return explain.attention(self.net, self.tokenizer, prompt, f"{self.run.path}: {text!r}")
 
     def tokens(self, text: str) -> views.Tokens:
         """How the tokenizer cuts `text`, and the model's surprise at each token in bits (the
         bits `evaluate` sums over the same text)."""
+        from tinylm import explain
+
         sequence, pieces = self.task.scored(text)
         return explain.surprise(
             self.net, self.tokenizer, sequence, pieces, self.cfg.model.context_length
@@ -212,6 +220,8 @@ class Model:
 
     def report(self, out: Path | str | None = None) -> Path:
         """One self-contained HTML page about the run (report.py); default RUN/report.html."""
+        from tinylm import report
+
         return report.write_report(self, Path(out) if out else self.run.path / "report.html")
 
 
@@ -268,6 +278,8 @@ class Run:
 
     def export_gguf(self, out: Path | str | None = None, dtype: str = "f32") -> Path:
         """The run as a GGUF file for llama.cpp and Ollama, with a Modelfile (export/gguf.py)."""
+        from tinylm.export import export_gguf
+
         return export_gguf(self.path, out, dtype)
 
 
@@ -298,6 +310,8 @@ def train(
     Under torchrun every process calls it; each returns the run, planned by rank 0 alone (the
     others may run on machines without the run directory). Its model card (card.py) is written
     at the end, unless training was interrupted."""
+    from tinylm import card, training
+
     with dist.session(device) as env:
         with dist.errors_together(env):
             p = None
@@ -332,6 +346,8 @@ def push(
     the resume checkpoint, the split or a temporary). Returns (the files, the repository's
     address); `dry_run` writes the card and lists the files but sends nothing. Needs a login
     (`hf auth login`); offline, one sentence within seconds."""
+    from tinylm import card, hub
+
     repo = hub.repo_id(repo)
     token = None if dry_run else hub.login(repo)
     model = load(run, device="cpu")
