@@ -109,7 +109,7 @@ def add_use_parsers(sub) -> None:
         "--compile",
         action="store_true",
         help="compile the word search: 10-50 s to "
-        "start, then each search ~1.5x faster (worth it for many prefixes)",
+        "start, then a search ~10%% faster at the median, no faster at the tail",
     )
     add_device_option(c)
 
@@ -151,8 +151,8 @@ def add_serve_parser(sub) -> None:
         "--compile",
         action="store_true",
         help="compile the decode step and the "
-        "word search while starting (~15-50 s), so that requests run faster (text "
-        "~3x, suggestions ~1.5x; decoder-only runs)",
+        "word search while starting (~15-50 s), so that text comes ~3x as fast "
+        "(suggestions ~10%% at the median; decoder-only runs)",
     )
     add_device_option(sv)
 
@@ -188,7 +188,7 @@ def add_sampling_options(p) -> None:
         action="store_true",
         help="compile the decode step (complete: "
         "the word search): slow to start (~15-50 s), then faster (text ~3x, "
-        "suggestions ~1.5x; decoder-only runs)",
+        "suggestions ~10%% at the median; decoder-only runs)",
     )
     add_device_option(p)
 
