@@ -107,3 +107,13 @@ def test_a_presets_fp32_settings_follow_the_machine(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert not device.cpu_has_native_bf16()
+
+
+def test_pile_bpe_reads_windows_of_128_where_it_trains_in_fp32(monkeypatch):
+    """The shipped preset's `without_bf16:` (bench/README.md: 128 beat 256 in fp32 only)."""
+    from tinylm import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert load_preset("pile-bpe").model.context_length == 256
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert load_preset("pile-bpe").model.context_length == 128
