@@ -16,10 +16,9 @@ import heapq
 import math
 
 import torch
-import torch.nn.functional as F
 
 from tinylm.models.cache import CacheSlots
-from tinylm.models.fused import FusedWeights, fused_weights, turn
+from tinylm.models.fused import FusedWeights, fused_weights, layer_mlp, layer_qkv, next_logits
 
 
 class CachedDecoder:
@@ -133,28 +132,20 @@ def decode_step(w: FusedWeights, keys, values, tokens, start, kv_len: int) -> to
     n, dev = tokens.shape[0], tokens.device
     x = w.embed.index_select(0, tokens)
     d = x.shape[1]
-    heads, hd, ff = w.heads, d // w.heads, w.gate_up_t[0].shape[1] // 2
+    heads, hd = w.heads, d // w.heads
     rot = w.rot.index_select(0, start)[:, None]  # (rows, 1, 2, head_dim / 2)
     rows = torch.arange(n, device=dev)
     hidden = torch.arange(kv_len, device=dev) > start[:, None]
     bias = torch.zeros(n, 1, kv_len, device=dev).masked_fill_(hidden[:, None], -math.inf)
     for i, (k_cache, v_cache) in enumerate(zip(keys, values, strict=True)):
-        if i == 0:
-            qkv = w.qkv0.index_select(0, tokens)
-        else:
-            qkv = F.rms_norm(x, (d,), None, w.eps) @ w.qkv_t[i]
-        qk = qkv[:, : 2 * d].view(n, 2 * heads, hd)
-        if w.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, w.eps) * w.qk_norm[i]
-        qk = turn(qk.view(n, 2 * heads, 2, hd // 2), rot, "halves")  # (rows, 2 heads, hd)
+        qk, v_new = layer_qkv(w, i, x, tokens, rot)
         k_cache[rows, :, start] = qk[:, heads:]
-        v_cache[rows, :, start] = qkv[:, 2 * d :].view(n, heads, hd)
+        v_cache[rows, :, start] = v_new.view(n, heads, hd)
         k, v = k_cache[:n, :, :kv_len], v_cache[:n, :, :kv_len]
         scores = (k @ qk[:, :heads, :, None]).squeeze(-1) + bias  # (rows, heads, kv_len)
         x = torch.addmm(x, (scores.softmax(-1)[:, :, None] @ v).view(n, d), w.o_t[i])
-        gu = F.rms_norm(x, (d,), None, w.eps) @ w.gate_up_t[i]
-        x = torch.addmm(x, w.act(gu[:, :ff]) * gu[:, ff:], w.down_t[i])
-    return F.rms_norm(x, (d,), None, w.eps) @ w.lm_head_t
+        x = layer_mlp(w, i, x)
+    return next_logits(w, x)
 
 
 @functools.cache

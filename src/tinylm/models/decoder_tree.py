@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from tinylm.models.fused import FusedWeights, fused_weights, turn
+from tinylm.models.fused import FusedWeights, fused_weights, layer_mlp, layer_qkv, next_logits
 
 
 class CacheTree:
@@ -145,19 +144,12 @@ def tree_step(w: FusedWeights, stores, tokens, rot, index, bias, first: int, blo
     n = tokens.shape[0]
     x = w.embed.index_select(0, tokens)
     d = x.shape[1]
-    heads, hd, ff = w.heads, d // w.heads, w.gate_up_t[0].shape[1] // 2
+    heads, hd = w.heads, d // w.heads
     width = index.shape[0] // n
     for i, store in enumerate(stores):
-        if i == 0:
-            qkv = w.qkv0.index_select(0, tokens)
-        else:
-            qkv = F.rms_norm(x, (d,), None, w.eps) @ w.qkv_t[i]
-        qk = qkv[:, : 2 * d].view(n, 2 * heads, hd)
-        if w.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, w.eps) * w.qk_norm[i]
-        qk = turn(qk.view(n, 2 * heads, hd // 2, 2), rot).view(n, 2 * heads, hd)
+        qk, v_new = layer_qkv(w, i, x, tokens, rot)
         q = qk[:, :heads]
-        torch.cat([qk[:, heads:].reshape(n, d), qkv[:, 2 * d :]], 1, out=store[first : first + n])
+        torch.cat([qk[:, heads:].reshape(n, d), v_new], 1, out=store[first : first + n])
         kv = store.index_select(0, index).view(n, width, 2 * d)
         k, v = kv[..., :d].view(n, width, heads, hd), kv[..., d:].view(n, width, heads, hd)
         scores = (k * q[:, None]).sum(-1)  # (rows, width, heads)
@@ -173,9 +165,8 @@ def tree_step(w: FusedWeights, stores, tokens, rot, index, bias, first: int, blo
             x = torch.addmm(x, att[:, :P].reshape(n, -1), blocks[i][1])
             att = att[:, P:]
         x = torch.addmm(x, (att[..., None] * v).sum(1).view(n, d), w.o_t[i])
-        gu = F.rms_norm(x, (d,), None, w.eps) @ w.gate_up_t[i]
-        x = torch.addmm(x, w.act(gu[:, :ff]) * gu[:, ff:], w.down_t[i])
-    return F.rms_norm(x, (d,), None, w.eps) @ w.lm_head_t
+        x = layer_mlp(w, i, x)
+    return next_logits(w, x)
 
 
 @functools.cache

@@ -38,6 +38,7 @@ class FusedWeights:
     act: Callable
     heads: int
     eps: float
+    layout: str  # "pairs" or "halves"
 
 
 _fused = weakref.WeakKeyDictionary()
@@ -105,6 +106,7 @@ def _fuse(model, layout: str) -> FusedWeights:
         act=mlp[0].act,
         heads=heads,
         eps=cfg.norm_eps,
+        layout=layout,
     )
 
 
@@ -120,3 +122,32 @@ def turn(x: torch.Tensor, rot: torch.Tensor, layout: str = "pairs") -> torch.Ten
         re, im, cos, sin = x[..., 0], x[..., 1], rot[..., 0], rot[..., 1]
         return torch.stack([re * cos - im * sin, re * sin + im * cos], -1)
     return torch.view_as_real(torch.view_as_complex(x) * torch.view_as_complex(rot))
+
+
+def layer_qkv(w: FusedWeights, i: int, x, tokens, rot):
+    """Layer i's queries and keys, turned by `rot` (rows, 2 heads, head_dim), and values (rows,
+    d_model), for one token a row: `x` the rows' residual stream, `tokens` their tokens (the
+    first layer's are looked up)."""
+    n, d = x.shape
+    heads, hd = w.heads, d // w.heads
+    if i == 0:
+        qkv = w.qkv0.index_select(0, tokens)
+    else:
+        qkv = F.rms_norm(x, (d,), None, w.eps) @ w.qkv_t[i]
+    qk = qkv[:, : 2 * d].view(n, 2 * heads, hd)
+    if w.qk_norm is not None:
+        qk = F.rms_norm(qk, (hd,), None, w.eps) * w.qk_norm[i]
+    pairs = (hd // 2, 2) if w.layout == "pairs" else (2, hd // 2)
+    qk = turn(qk.view(n, 2 * heads, *pairs), rot, w.layout).reshape(n, 2 * heads, hd)
+    return qk, qkv[:, 2 * d :]
+
+
+def layer_mlp(w: FusedWeights, i: int, x):
+    """The residual stream after layer i's feed-forward."""
+    gu = F.rms_norm(x, (x.shape[1],), None, w.eps) @ w.gate_up_t[i]
+    ff = gu.shape[1] // 2
+    return torch.addmm(x, w.act(gu[:, :ff]) * gu[:, ff:], w.down_t[i])
+
+
+def next_logits(w: FusedWeights, x):
+    return F.rms_norm(x, (x.shape[1],), None, w.eps) @ w.lm_head_t
