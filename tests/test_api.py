@@ -54,6 +54,17 @@ def test_complete_equals_the_command_line_and_answers_in_milliseconds(api_run, c
     assert (time.perf_counter() - start) / 5 < 0.5  # a loaded model: no reloading per call
 
 
+def test_a_model_loaded_under_inference_mode_answers_as_one_loaded_outside(api_run, text_runs):
+    """Notebooks wrap inference in torch.inference_mode(); its tensors keep no version."""
+    words, text = api_run.load(), tinylm.load(text_runs["pile-bpe"].path)
+    with torch.inference_mode():
+        words_inside, text_inside = api_run.load(), tinylm.load(text_runs["pile-bpe"].path)
+        found = words_inside.complete("fin", top=5)
+        g = text_inside.generate("Once upon", max_new_tokens=8, seed=1)
+    assert str(found) == str(words.complete("fin", top=5))
+    assert g.text == text.generate("Once upon", max_new_tokens=8, seed=1).text
+
+
 def test_generate_and_stream_agree_and_a_seed_gives_one_text(text_runs):
     model = tinylm.load(text_runs["pile-bpe"].path)
     g = model.generate("Once upon", max_new_tokens=12, temperature=0.8, seed=1)
