@@ -477,3 +477,28 @@ def test_serve_compile_compiles_before_the_first_request(tiny_run):
         body = {"prompt": "ca", "temperature": 0.8, "max_tokens": 4, "seed": 1}
         assert post(server, body).status_code == 200
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_scoring_searching_and_shaping_share_one_thread_beside_the_engine(text_runs, tiny_run):
+    """What keeps the server's memory down (glibc keeps an arena a thread): asyncio's default
+    pool would run these in threads of their own, named asyncio_N."""
+    before = {t.ident for t in threading.enumerate()}
+    scoring = {"prompt": "Once upon a time", "echo": True, "logprobs": 2, "max_tokens": 0}
+    search = {"prompt": ["fin", "tra"], "n": 3, "temperature": 0, "max_tokens": 8}
+    for run, body in [(text_runs["pile-bpe"], scoring), (tiny_run, search)]:
+        with LiveServer(create_app(run.path)) as s, httpx.Client(timeout=60) as client:
+            statuses = []
+
+            def ask(body=body, url=f"{s.url}/v1/completions", statuses=statuses):
+                statuses.append(client.post(url, json=body).status_code)
+
+            threads = [threading.Thread(target=ask) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ask()
+            assert statuses == [200] * 7
+            started = [t.name for t in threading.enumerate() if t.ident not in before]
+            assert [n for n in started if n.startswith("tinylm-aside")] == ["tinylm-aside_0"]
+            assert not [n for n in started if n.startswith("asyncio")]
