@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -137,12 +138,15 @@ def load_search(src: Path):
 
 
 def searcher(mods: dict, model, k: int):
-    """The other checkout's search, on this process's model and rules (WordTask.likeliest)."""
+    """The other checkout's search, on this process's model and rules (WordTask.likeliest), one
+    prefix a search; a checkout whose searches take one prompt (before they ran side by side)
+    has its backend called that way."""
     net, task, tok = model.net, model.task, model.tokenizer
+    one = "prompts" not in inspect.signature(mods["search"].likeliest_words).parameters
 
     class Backend:  # model.search, with the other checkout's tree
-        def search(self, prompt, compile=False):
-            return mods["tree"].CacheTree(net, prompt, compile)
+        def search(self, prompts, compile=False):
+            return mods["tree"].CacheTree(net, prompts, compile)
 
     letters = [i for i in range(tok.vocab_size) if i not in task.banned and i != tok.eos_id]
 
@@ -153,7 +157,11 @@ def searcher(mods: dict, model, k: int):
             max_letters=task.max_len - len(prefix),
             min_letters=task.cfg.data.min_len - len(prefix),
         )
-        found = mods["search"].likeliest_words(Backend(), task.prompt(prefix).ids, rules, k)
+        prompt = task.prompt(prefix).ids
+        if one:
+            found = mods["search"].likeliest_words(Backend(), prompt, rules, k)
+        else:
+            [found] = mods["search"].likeliest_words(Backend(), [prompt], [rules], k)
         words = [Word(prefix + tok.decode(ids), p) for ids, p in found.words]
         return WordList(prefix, words, ranked=True, exact=found.exact)
 
@@ -168,13 +176,13 @@ class Counts:
         self.searches: list[tuple[str, list[int]]] = []  # (prefix, rows of each wave)
         backend = net.search
 
-        def search(prompt, compile=False):
-            expand = backend(prompt, compile)
+        def search(prompts, compile=False):
+            expand = backend(prompts, compile)
 
-            def counted(nodes):
-                if self.searches:  # (not the warm-up)
-                    self.searches[-1][1].append(len(nodes))
-                return expand(nodes)
+            def counted(items):
+                if self.searches:  # (not the warm-up; one prefix a search here)
+                    self.searches[-1][1].append(sum(len(nodes) for _, nodes in items))
+                return expand(items)
 
             return counted
 

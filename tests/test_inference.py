@@ -230,34 +230,40 @@ def word_run(request, tiny_run, words_file, tmp_path_factory):
 
 
 def test_likeliest_words_are_exact_and_their_probabilities_are_the_chain_rule(word_run):
+    """Two prefixes, searched side by side, each checked by itself."""
     word_run, compile = word_run
     loaded = load(word_run.path, compile=compile)
     model, tok = loaded.net, loaded.tokenizer
-    result = loaded.complete("ca", 5)["ca"]
-    assert result.exact and len(result.words) == 5
-    probs = [s.probability for s in result.words]
-    assert probs == sorted(probs, reverse=True) and len({s.word for s in result.words}) == 5
+    found = loaded.complete(["ca", "st"], 5)
+    for prefix in ("ca", "st"):
+        result = found[prefix]
+        assert result.exact and len(result.words) == 5
+        probs = [s.probability for s in result.words]
+        assert probs == sorted(probs, reverse=True) and len({s.word for s in result.words}) == 5
 
-    def next_logp(history):  # the model read from scratch on exactly this history, no cache
-        x = torch.tensor([history], device=loaded.device)
-        if isinstance(model, Seq2Seq):
-            enc = torch.tensor([[tok.bos_id, *tok.encode("ca"), tok.eos_id]], device=x.device)
-            return model.hf(input_ids=enc, decoder_input_ids=x).logits[0, -1].log_softmax(-1)
-        return model(x).logits[0, -1].log_softmax(-1)
+        def next_logp(history, prefix=prefix):  # read from scratch on this history, no cache
+            x = torch.tensor([history], device=loaded.device)
+            if isinstance(model, Seq2Seq):
+                enc = [[tok.bos_id, *tok.encode(prefix), tok.eos_id]]
+                enc = torch.tensor(enc, device=x.device)
+                return model.hf(input_ids=enc, decoder_input_ids=x).logits[0, -1].log_softmax(-1)
+            return model(x).logits[0, -1].log_softmax(-1)
 
-    def chain_rule(word):  # p(rest of the word, then <eos> | <sos> c a), one letter at a time
-        ids = [tok.bos_id, *tok.encode(word), tok.eos_id]
-        with torch.no_grad():
-            return sum(
-                float(next_logp(ids[: i + 1])[ids[i + 1]]) for i in range(len("ca"), len(ids) - 1)
-            )
+        def chain_rule(word, prefix=prefix, next_logp=next_logp):
+            """p(rest of the word, then <eos> | <sos> prefix), one letter at a time"""
+            ids = [tok.bos_id, *tok.encode(word), tok.eos_id]
+            with torch.no_grad():
+                return sum(
+                    float(next_logp(ids[: i + 1])[ids[i + 1]])
+                    for i in range(len(prefix), len(ids) - 1)
+                )
 
-    for s in result.words:
-        assert s.word.startswith("ca")
-        assert math.exp(chain_rule(s.word)) == pytest.approx(s.probability, rel=1e-4)
-    # no word of the training list that starts with the prefix beats the fifth suggestion
-    fifth = probs[-1]
-    for word in [w for w in word_run.read_split("train") if w.startswith("ca")][:60]:
-        assert math.exp(chain_rule(word)) <= fifth * (1 + 1e-4) or word in {
-            s.word for s in result.words
-        }
+        for s in result.words:
+            assert s.word.startswith(prefix)
+            assert math.exp(chain_rule(s.word)) == pytest.approx(s.probability, rel=1e-4)
+        # no word of the training list that starts with the prefix beats the fifth suggestion
+        fifth = probs[-1]
+        for word in [w for w in word_run.read_split("train") if w.startswith(prefix)][:60]:
+            assert math.exp(chain_rule(word)) <= fifth * (1 + 1e-4) or word in {
+                s.word for s in result.words
+            }

@@ -1,12 +1,14 @@
 """The word search against references of its own: the best-first search as it was before it
-ran in wide waves on a tree cache (a Python heap, the best 128 continuations a wave), reading
-every continuation from scratch through the plain model; and the tree's forward pass against
-the decoder's."""
+ran in wide waves on a tree cache (a Python heap, the best 128 continuations a wave, one prefix
+at a time), reading every continuation from scratch through the plain model; and the tree's
+forward pass, several prompts in one, against the decoder's."""
 
 import heapq
 import math
 import string
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,34 +105,41 @@ PREFIXES = ["a", "q", "z", *(a + b for a in "bcpst" for b in "aeiou"), "str", "p
 
 @pytest.mark.parametrize("k", [1, 5, 12])
 def test_the_search_finds_what_the_old_search_found(words_model, k):
+    """Every prefix searched side by side in one call, and the first alone: each list the one
+    the old search finds for that prefix by itself."""
     model, task, tok = words_model
-    for prefix in PREFIXES:
-        if any(c not in tok.characters for c in prefix):
-            continue
-        prompt, rules = task.prompt(prefix).ids, rules_for(task, tok, prefix)
-        want, want_exact = reference_search(reread(model, prompt), rules, k)
-        found = likeliest_words(model, prompt, rules, k)
+    prefixes = [p for p in PREFIXES if all(c in tok.characters for c in p)]
+    prompts = [task.prompt(prefix).ids for prefix in prefixes]
+    rules = [rules_for(task, tok, prefix) for prefix in prefixes]
+    together = likeliest_words(model, prompts, rules, k)
+    [alone] = likeliest_words(model, prompts[:1], rules[:1], k)
+    assert alone == together[0]
+    for prefix, prompt, r, found in zip(prefixes, prompts, rules, together, strict=True):
+        want, want_exact = reference_search(reread(model, prompt), r, k)
         assert found.exact and want_exact, prefix
         assert_same_ranking(found.words, want)
 
 
 def test_short_limits_and_narrow_waves_change_nothing(words_model):
+    """Side by side too: prompts of different lengths, each with limits of its own."""
     model, task, tok = words_model
-    for prefix, max_length in [("ca", 3), ("ca", 4), ("s", 6), ("pre", 5)]:
-        prompt, rules = task.prompt(prefix).ids, rules_for(task, tok, prefix, max_length)
-        want, _ = reference_search(reread(model, prompt), rules, 5)
-        for batch in (3, 4096):
-            found = likeliest_words(model, prompt, rules, 5, batch=batch)
-            assert_same_ranking(found.words, want)
-            assert all(len(ids) <= max_length - len(prefix) for ids, _ in found.words)
+    asked = [("ca", 3), ("ca", 4), ("s", 6), ("pre", 5)]
+    prompts = [task.prompt(prefix).ids for prefix, _ in asked]
+    rules = [rules_for(task, tok, prefix, max_length) for prefix, max_length in asked]
+    for batch in (3, 4096):
+        found = likeliest_words(model, prompts, rules, 5, batch=batch)
+        for (prefix, max_length), prompt, r, f in zip(asked, prompts, rules, found, strict=True):
+            want, _ = reference_search(reread(model, prompt), r, 5)
+            assert_same_ranking(f.words, want)
+            assert all(len(ids) <= max_length - len(prefix) for ids, _ in f.words)
 
 
 def test_out_of_budget_the_words_given_are_the_best_in_order(words_model):
     model, task, tok = words_model
-    prompt, rules = task.prompt("s").ids, rules_for(task, tok, "s")
-    full = likeliest_words(model, prompt, rules, 5)
+    prompt, rules = [task.prompt("s").ids], [rules_for(task, tok, "s")]
+    [full] = likeliest_words(model, prompt, rules, 5)
     for budget in (1, 2, 30):
-        cut = likeliest_words(model, prompt, rules, 5, max_expansions=budget)
+        [cut] = likeliest_words(model, prompt, rules, 5, max_expansions=budget)
         assert not cut.exact
         assert [ids for ids, _ in cut.words] == [ids for ids, _ in full.words][: len(cut.words)]
 
@@ -148,23 +157,38 @@ def test_the_tree_reads_each_continuation_as_the_decoder_does(extra):
     for name, p in model.named_parameters():  # sharper than at init: attention that varies
         if "norm" not in name:
             p.mul_(4)
-    prompt, longest = [1, 5, 9], cfg.context_length - 3  # letters a continuation may have
-    tree = model.search(prompt)
+    prompts = [[1, 5, 9], [1, 7], [1, 3, 3, 8]]  # read side by side, the last from wave 2 on
+    tree = model.search(prompts)
     g = torch.Generator().manual_seed(1)
-    nodes, rows = [((), -1), ((4,), -1), ((7,), -1)], {}  # the root, read with two children
+    # the roots, read with two children, or alone
+    nodes = [[((), -1), ((4,), -1), ((7,), -1)], [((), -1)], [((), -1), ((5,), -1)]]
+    rows = [{}, {}, {}]
     for wave in range(6):  # waves of continuations of mixed lengths, past the tree's first 256 rows
-        logits, owned = tree(nodes)
-        for (ids, _), got, row in zip(nodes, logits, owned, strict=True):
-            want = model(torch.tensor([prompt + list(ids)])).logits[0, -1]
-            assert (got - want).abs().max() <= 1e-5, ids
-            rows[ids] = row
-        known = [ids for ids in rows if len(ids) < longest]
-        children = {}
-        for i in torch.randint(0, len(known), (40 * (wave + 1),), generator=g).tolist():
-            child = (*known[i], int(torch.randint(3, 29, (1,), generator=g)))
-            if child not in rows:
-                children[child] = (child, rows[known[i]])
-        nodes = list(children.values())
+        items = [(i, wave_of(n)) for i, n in enumerate(nodes) if n and (i < 2 or wave >= 2)]
+        for (i, wave_nodes), (logits, owned) in zip(items, tree(items), strict=True):
+            for (ids, _), got, row in zip(wave_nodes.pairs, logits, owned, strict=True):
+                want = model(torch.tensor([prompts[i] + list(ids)])).logits[0, -1]
+                assert (got - want).abs().max() <= 1e-5, (i, ids)
+                rows[i][ids] = row
+            nodes[i] = []
+        for i, prompt in enumerate(prompts):
+            longest = cfg.context_length - len(prompt)  # letters a continuation may have
+            known = [ids for ids in rows[i] if len(ids) < longest]
+            if not known:  # (not read yet)
+                continue
+            children = {}
+            for j in torch.randint(0, len(known), (20 * (wave + 1),), generator=g).tolist():
+                child = (*known[j], int(torch.randint(3, 29, (1,), generator=g)))
+                if child not in rows[i]:
+                    children[child] = (child, rows[i][known[j]])
+            nodes[i] = nodes[i] or list(children.values())
+
+
+def wave_of(pairs):
+    """(ids, parent row) pairs as the search hands a wave to its backend."""
+    parents = np.array([parent for _, parent in pairs])
+    tokens = np.array([ids[-1] if ids else -1 for ids, _ in pairs])
+    return SimpleNamespace(pairs=pairs, parents=parents, tokens=tokens)
 
 
 @torch.no_grad()
@@ -174,6 +198,6 @@ def test_a_decoder_without_training_searches_exactly_too():
     model = Decoder(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=48), 12).eval()
     rules = WordRules(letters=list(range(4, 12)), eos=2, max_letters=4, min_letters=1)
     want, _ = reference_search(reread(model, [1, 5]), rules, 6)
-    found = likeliest_words(model, [1, 5], rules, 6)
+    [found] = likeliest_words(model, [[1, 5]], [rules], 6)
     assert found.exact
     assert_same_ranking(found.words, want)

@@ -281,29 +281,35 @@ class WordTask(Task):
             self.prompt(prefix)  # every prefix checked before any work
         if self.searches(sampling):
             net, compiled = model.net, model.compiled
-            return Completions(
-                self.likeliest(net, p, num or top, max_length, compiled) for p in prefixes
-            )
+            return self.likeliest(net, prefixes, num or top, max_length, compiled)
         return self.samples(model, prefixes, sampling, num or top, seed, max_length)
 
     def warm_up(self, model) -> None:
         """The search compiles for shapes that vary: run it from prefixes of two lengths."""
         model.complete(["", self.tokenizer.characters[0]], 5)
 
-    def likeliest(self, net, prefix: str, k: int, max_length: int | None = None, compile=False):
-        """The k likeliest words completing `prefix` (at most `max_length` letters in all,
-        default the run's longest word), best first (inference/search.py)."""
-        prompt, tok = self.prompt(prefix), self.tokenizer
+    def likeliest(self, net, prefixes, k: int, max_length: int | None = None, compile=False):
+        """The k likeliest words completing each prefix (at most `max_length` letters in all,
+        default the run's longest word), best first, the prefixes searched side by side
+        (inference/search.py)."""
+        tok = self.tokenizer
         letters = [i for i in range(tok.vocab_size) if i not in self.banned and i != tok.eos_id]
-        rules = WordRules(
-            letters,
-            tok.eos_id,
-            max_letters=(max_length or self.max_len) - len(prefix),
-            min_letters=self.cfg.data.min_len - len(prefix),  # no word of the data is shorter
-        )
-        found = likeliest_words(net, prompt.ids, rules, k, compile=compile)
-        words = [Word(prefix + tok.decode(ids), p) for ids, p in found.words]
-        return WordList(prefix, words, ranked=True, exact=found.exact)
+        rules = [
+            WordRules(
+                letters,
+                tok.eos_id,
+                max_letters=(max_length or self.max_len) - len(prefix),
+                min_letters=self.cfg.data.min_len - len(prefix),  # no word of the data is shorter
+            )
+            for prefix in prefixes
+        ]
+        prompts = [self.prompt(prefix).ids for prefix in prefixes]
+        found = likeliest_words(net, prompts, rules, k, compile=compile)
+        lists = Completions()
+        for prefix, f in zip(prefixes, found, strict=True):
+            words = [Word(prefix + tok.decode(ids), p) for ids, p in f.words]
+            lists.append(WordList(prefix, words, ranked=True, exact=f.exact))
+        return lists
 
     def samples(self, model, prefixes, sampling, num: int, seed=None, max_length=None):
         """`num` sampled words per prefix (a word cut by `max_length` is not finished)."""
@@ -353,9 +359,7 @@ class WordTask(Task):
     def demo(self, model, prefixes: list[str]) -> Demo:
         """The five likeliest words of each demo prefix, and five sampled at each demo
         temperature (seed 0)."""
-        likeliest = Completions(
-            self.likeliest(model.net, p, 5, compile=model.compiled) for p in prefixes
-        )
+        likeliest = self.likeliest(model.net, prefixes, 5, compile=model.compiled)
         samples = {}
         for t in DEMO_TEMPERATURES:
             samples[t] = self.samples(model, prefixes, Sampling(t), 5, seed=0)

@@ -10,7 +10,8 @@ Words shorter than the data's shortest are not offered. The search is exact unle
 out of its budget of expanded continuations (`max_expansions`), which only a model with very
 flat predictions reaches; then it returns the words it has finished that no open
 continuation can beat, in order, and says so (`exact=False`). How the model reads a batch of
-continuations is its own (`model.search`: for the decoder, a tree of cached keys and values).
+continuations is its own (`model.search`: for the decoder, a tree of cached keys and values);
+the searches of several prefixes share its forward passes.
 
 The search runs in waves, each one forward pass over every open continuation within the
 bound (the likeliest `batch` of them if there are more): a wave's cost is mostly fixed
@@ -59,23 +60,27 @@ class WordRules:
 @torch.inference_mode()
 def likeliest_words(
     model,
-    prompt: list[int],
-    rules: WordRules,
+    prompts: list[list[int]],
+    rules: list[WordRules],
     k: int = 5,
     *,
     batch: int = 256,
     max_expansions: int = 4096,
     compile: bool = False,
-) -> Found:
-    """The k most probable completions of `prompt` (token ids, start token first), best
-    first. `compile`: the model's forward passes run compiled (a causal decoder; the first
-    searches of a process compile, ~10-50 s on 2 CPU cores)."""
-    expand = model.search(prompt, compile)
-    tree = Frontier(rules, k)
-    while (nodes := tree.wave(min(batch, max_expansions - tree.expanded))) is not None:
-        logits, rows = expand(nodes)
-        tree.add(logits, rows)
-    return tree.found()
+) -> list[Found]:
+    """The k most probable completions of each prompt (token ids, start token first) under its
+    rules, best first. The searches run side by side, a wave of each in one forward pass: a
+    pass costs little more for more rows. `compile`: the model's forward passes run compiled
+    (a causal decoder; the first searches of a process compile, ~10-50 s on 2 CPU cores)."""
+    expand = model.search(prompts, compile)
+    trees = [Frontier(r, k) for r in rules]
+    while True:
+        waves = [(i, t.wave(min(batch, max_expansions - t.expanded))) for i, t in enumerate(trees)]
+        waves = [(i, nodes) for i, nodes in waves if nodes is not None]
+        if not waves:
+            return [t.found() for t in trees]
+        for (i, _), (logits, rows) in zip(waves, expand(waves), strict=True):
+            trees[i].add(logits, rows)
 
 
 class Frontier:
@@ -125,7 +130,7 @@ class Frontier:
         self.last = np.concatenate([self.last, letter])
         self.depth = np.concatenate([self.depth, depth])
         parents = np.full(1, -1) if root else self.rows[parent]
-        return Wave(self, np.arange(self.expanded, len(self.up)), parents, letter, depth)
+        return Wave(self, np.arange(self.expanded, len(self.up)), parents, letter)
 
     def _root_and_children(self) -> Wave:
         """The first wave: the root and every one of its children, read with the prompt in
@@ -136,7 +141,7 @@ class Frontier:
         self.last = np.r_[-1, self.letters]
         self.depth = np.r_[0, np.ones(n - 1, dtype=np.int64)]
         self.wave_cost = np.zeros(n)  # the children's: known once the root is read
-        return Wave(self, np.arange(n), np.full(n, -1), self.last, self.depth)
+        return Wave(self, np.arange(n), np.full(n, -1), self.last)
 
     def ids(self, node: int) -> tuple[int, ...]:
         """The letters of an expanded continuation, walked up from it to the root."""
@@ -191,11 +196,11 @@ class Frontier:
 class Wave(Sequence):
     """A wave as the model's search backend takes it: (ids, parent row) per continuation,
     built when read, and as arrays for a backend that reads them whole (numpy: `parents`,
-    the parents' rows, -1 for the root; `tokens`, each one's last letter; `lengths`)."""
+    the parents' rows, -1 for the root; `tokens`, each one's last letter)."""
 
-    def __init__(self, frontier: Frontier, nodes, parents, tokens, lengths):
+    def __init__(self, frontier: Frontier, nodes, parents, tokens):
         self.frontier, self.nodes = frontier, nodes
-        self.parents, self.tokens, self.lengths = parents, tokens, lengths
+        self.parents, self.tokens = parents, tokens
 
     def __len__(self) -> int:
         return len(self.nodes)

@@ -12,8 +12,8 @@ architecture.
     model.read(ids)                       next-token logits at every position of rows that each
                                           begin with the start token (scoring, evaluation)
     model.backend(rows, compile)          the engine's backend: how it generates
-    model.search(prompt, compile)         the word search's backend: next-token logits for a
-                                          batch of continuations of one prompt
+    model.search(prompts, compile)        the word search's backend: next-token logits for
+                                          batches of continuations of several prompts at once
     model.attention(prompt)               its attention weights while it reads a prompt
 
 `MODELS` names them by `model.arch`: the one place the architecture is looked up.

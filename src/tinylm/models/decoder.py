@@ -257,10 +257,10 @@ class Decoder(nn.Module):
     def backend(self, rows: int, compile: bool = False):
         return decoder_runtime.CachedDecoder(self, rows, compile)
 
-    def search(self, prompt: list[int], compile: bool = False):
+    def search(self, prompts: list[list[int]], compile: bool = False):
         if not self.cfg.causal:  # every position sees the whole word: nothing to cache
-            return decoder_runtime.Rereading(self, prompt)
-        return decoder_tree.CacheTree(self, prompt, compile)
+            return decoder_runtime.Rereading(self, prompts)
+        return decoder_tree.CacheTree(self, prompts, compile)
 
     def attention(self, prompt: list[int]) -> list[tuple[str, list, list, torch.Tensor]]:
         """(name, query ids, key ids, weights (layers, heads, queries, keys)) of its

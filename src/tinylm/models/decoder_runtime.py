@@ -161,13 +161,16 @@ class Rereading:
     """The search for a decoder without a causal mask: every position sees the whole word, so
     each continuation is read again from its start."""
 
-    def __init__(self, model, prompt: list[int]):
-        self.model, self.prompt = model, prompt
+    def __init__(self, model, prompts: list[list[int]]):
+        self.model, self.prompts = model, prompts
         self.device = model.rope_cos.device
 
-    def __call__(self, nodes):
+    def __call__(self, items):
+        return [(self._read(self.prompts[i], nodes), [-1] * len(nodes)) for i, nodes in items]
+
+    def _read(self, prompt: list[int], nodes) -> torch.Tensor:
         rows = [
-            self.model.read(torch.tensor([self.prompt + list(ids)], device=self.device))
+            self.model.read(torch.tensor([prompt + list(ids)], device=self.device))
             for ids, _ in nodes
         ]
-        return torch.cat([r[:, -1] for r in rows]).float().cpu(), [-1] * len(nodes)
+        return torch.cat([r[:, -1] for r in rows]).float().cpu()

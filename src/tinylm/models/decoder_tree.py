@@ -1,6 +1,6 @@
 """The word search's tree of cached continuations: a decoder's search backend
 (inference/search.py), which returns the next-token logits after prompt + continuation for a
-batch of continuations, each read on its parent's cached keys and values.
+batch of continuations of several prompts, each read on its parent's cached keys and values.
 """
 
 from __future__ import annotations
@@ -15,84 +15,80 @@ from tinylm.models.fused import FusedWeights, fused_weights, layer_mlp, layer_qk
 
 
 class CacheTree:
-    """A decoder's keys and values for the whole search tree, laid out for it: the prompt's
-    positions once, then one row per expanded continuation with the keys and values of its
-    own last letter only; a child shares its parent's instead of copying them (the layout
-    before copied the parent's whole row into each child: with the generic forward pass's
-    gathers, 40% of a search). A wave's forward pass is `tree_step`, the decoder restated
-    for one new token per row on fused weights. A continuation attends to the prompt, which
-    all share, through two small products per layer (`prompt_blocks`), and to its own
-    letters, the rows on its `path` (its ancestors' and its own), gathered per wave.
+    """A decoder's keys and values for the search trees of several prompts, laid out for
+    them: one row per token read, a prompt's tokens and then each expanded continuation's
+    last letter, holding that token's keys and values only; a child shares its parent's
+    instead of copying them (the layout before copied the parent's whole row into each
+    child: with the generic forward pass's gathers, 40% of a search). A row's `path` lists
+    the rows it attends to, its prompt's and its ancestors', itself last, so that a forward
+    pass can read rows of any prompts together: a wave of each search in one pass
+    (`likeliest_words` of several prefixes, the server's typists) costs about what one costs,
+    a wave being ~60 small operations whatever its size. The pass is `tree_step`, the decoder
+    restated for one new token a row on fused weights.
 
     `compile`: `tree_step` runs compiled with dynamic shapes (a wave's size and its paths'
     length vary), its small operations fused into a few kernels."""
 
-    def __init__(self, model, prompt: list[int], compile: bool = False):
-        self.model, self.prompt = model, prompt
+    def __init__(self, model, prompts: list[list[int]], compile: bool = False):
+        self.model, self.prompts = model, prompts
         self.step = compiled_step() if compile else tree_step
         self.weights = fused_weights(model)
         self.device = model.rope_cos.device
         self.context = model.cfg.context_length
         self.used = 0
         self.stores: list[torch.Tensor] = []  # per layer: (rows, [keys | values])
-        self.path = torch.zeros((0, self.context), dtype=torch.long, device=self.device)
-        self.blocks: list | None = None  # the prompt's keys and values, per layer
+        self.path = np.zeros((0, self.context), dtype=np.int64)  # row i reads path[i, :lens[i]]
+        self.lens = np.zeros(0, dtype=np.int64)
         self.past = _past(self.context, self.device)
 
-    def __call__(self, nodes):
-        """Next-token logits (CPU fp32) after prompt + ids for each (ids, parent row) of
-        `nodes` and the row each now owns. The first wave is the root (ids ()), alone or then
-        one-letter continuations, read with the prompt. Nodes with numpy `parents`, `tokens`
-        and `lengths` as well (the search's waves) are read from those."""
-        if hasattr(nodes, "lengths"):
-            parents, tokens, lengths = nodes.parents, nodes.tokens, nodes.lengths
-        else:
-            parents = np.array([parent for _, parent in nodes])
-            tokens = np.array([ids[-1] if ids else -1 for ids, _ in nodes])
-            lengths = np.array([len(ids) for ids, _ in nodes])
-        if self.used == 0:
-            return self._read_prompt(tokens[1:])
-        n, first, dev = len(nodes), self.used, self.device
-        width, P = int(lengths.max()), len(self.prompt)
-        if P + width > self.context:
-            raise ValueError(f"a continuation reaches position {P + width}, past the context")
+    def __call__(self, items):
+        """For each (prompt index, nodes) of `items`, the next-token logits (CPU fp32) after
+        that prompt + each node's ids and the rows the nodes now own, all read in one pass.
+        Nodes have numpy `parents` (their parents' rows, -1 for the root) and `tokens` (each
+        one's last letter). A search's first nodes are its root (tokens -1), alone or then
+        one-letter continuations: they are read with the prompt."""
+        first, parts = self.used, []
+        for i, nodes in items:
+            parents, tokens = nodes.parents, nodes.tokens
+            at = first + sum(len(p[0]) for p in parts)
+            if parents[0] < 0:
+                parts.append(self._prompt_rows(self.prompts[i], tokens[1:], at))
+            else:
+                lens = self.lens[parents] + 1
+                path = self.path[parents]
+                rows = np.arange(at, at + len(parents))
+                path[np.arange(len(rows)), lens - 1] = rows
+                parts.append((tokens, path, lens, rows))
+        tokens, path, lens, _ = (np.concatenate(a) for a in zip(*parts, strict=True))
+        width, n = int(lens.max()), len(tokens)
+        if width > self.context:
+            raise ValueError(f"a continuation reaches position {width}, past the context")
         self._reserve(n)
-        parents, tokens, depth = (torch.from_numpy(a).to(dev) for a in (parents, tokens, lengths))
-        path = self.path[first : first + n]  # the parent's path, then the node's own row
-        path.copy_(self.path.index_select(0, parents))
-        path[torch.arange(n, device=dev), depth - 1] = torch.arange(first, first + n, device=dev)
+        self.path[first : first + n], self.lens[first : first + n] = path, lens
+        dev, w = self.device, self.weights
+        index = torch.from_numpy(np.ascontiguousarray(path[:, :width]).ravel()).to(dev)
+        lens_t = torch.from_numpy(lens).to(dev)
         # shorter paths than the longest: what lies past their end is not read
-        bias = None if lengths.min() == width else self.past[depth, :width]
-        logits = self._read(first, tokens, depth + (P - 1), width, bias, self.blocks)
-        return logits.float().cpu(), np.arange(first, first + n)
+        bias = None if lens.min() == width else self.past[lens_t, :width]
+        rot = w.rot.index_select(0, lens_t - 1)[:, None]
+        tokens = torch.from_numpy(tokens).to(dev)
+        logits = self.step(w, self.stores, tokens, rot, index, bias, first).float().cpu()
+        return [(logits[owned - first], owned) for *_, owned in parts]
 
-    def _read_prompt(self, letters):
-        """The prompt and the root's children (reading `letters`) in one pass: position i of
-        the prompt in row i, attending to rows 0..i, the children after them; the root owns
-        row P-1. (A search reads most of the root's children; a wave costs ~40 rows.)"""
-        P, c, dev = len(self.prompt), len(letters), self.device
+    def _prompt_rows(self, prompt: list[int], letters, at: int):
+        """A prompt's rows from row `at` (position i reads rows at..at+i), then its root's
+        children reading `letters`: tokens, paths, lengths, and the rows the root (the
+        prompt's last) and its children own. (A search reads most of the root's children.)"""
+        P, c = len(prompt), len(letters)
         if P + (c > 0) > self.context:
             raise ValueError(f"a prompt of {P} tokens leaves no room in the context")
-        self._reserve(P + c)
-        at = torch.arange(P + 1, device=dev)
-        self.path[: P + c, : P + 1] = at  # row i < P: rows 0..i (the rest, past it, unread)
-        self.path[P : P + c, P] = torch.arange(P, P + c, device=dev)
-        at = torch.cat([at[:P], at[P:].expand(c)])
-        bias = self.past[at + 1, : P + (c > 0)]
-        tokens = torch.cat([torch.tensor(self.prompt), torch.from_numpy(letters)]).to(dev)
-        logits = self._read(0, tokens, at, P + (c > 0), bias, None)
-        self.blocks = prompt_blocks(self.weights, [store[:P] for store in self.stores])
-        self.path[: P + c] = 0  # from here on a path holds a continuation's own letters only
-        self.path[P : P + c, 0] = torch.arange(P, P + c, device=dev)
-        return logits[P - 1 :].float().cpu(), np.arange(P - 1, P + c)
-
-    def _read(self, first: int, tokens, at, width: int, bias, blocks) -> torch.Tensor:
-        """Rows first.. read `tokens` at positions `at`, attending to the rows on their paths
-        (the first `width`, but where `bias` is -inf) and to the prompt (`blocks`)."""
-        w = self.weights
-        rot = w.rot.index_select(0, at)[:, None]
-        index = self.path[first : first + len(tokens), :width].flatten()
-        return self.step(w, self.stores, tokens, rot, index, bias, first, blocks)
+        rows = np.arange(at, at + P + c)
+        path = np.zeros((P + c, self.context), dtype=np.int64)
+        path[:, :P] = np.where(np.tri(P + c, P, dtype=bool), rows[:P], 0)
+        path[P:, P] = rows[P:]
+        lens = np.r_[np.arange(1, P + 1), np.full(c, P + 1)]
+        tokens = np.r_[np.asarray(prompt, dtype=np.int64), letters]
+        return tokens, path, lens, rows[P - 1 :]
 
     def _reserve(self, n: int) -> None:
         """Room for n rows more, doubling when full; new rows are written before read."""
@@ -105,9 +101,8 @@ class CacheTree:
         self.stores = [like.new_empty((size, 2 * cfg.d_model)) for _ in old]
         for store, kept in zip(self.stores, old, strict=True):
             store[:keep] = kept[:keep]
-        path = self.path.new_zeros((size, self.context))
-        path[:keep] = self.path[:keep]
-        self.path = path
+        self.path = np.resize(self.path, (size, self.context))
+        self.lens = np.resize(self.lens, size)
 
 
 @functools.cache
@@ -118,29 +113,11 @@ def _past(context: int, device) -> torch.Tensor:
     return torch.zeros(hidden.shape, device=device).masked_fill_(hidden, -math.inf)[..., None]
 
 
-def prompt_blocks(w: FusedWeights, stores: list[torch.Tensor]) -> list:
-    """Per layer, the prompt's keys and values as block-diagonal matrices, a block a head:
-    a wave's scores over the prompt are then one product (rows, d_model) x (d_model, heads x
-    P), what it reads there, through the output projection, another. They replace gathering
-    the prompt's rows for every continuation (2/3 of the rows, for a 3-letter prefix)."""
-    blocks = []
-    for store, o_t in zip(stores, w.o_t, strict=True):
-        P, d = store.shape[0], store.shape[1] // 2
-        k, v = store[:, :d].view(P, w.heads, -1), store[:, d:].view(P, w.heads, -1)
-        keys = torch.block_diag(*k.unbind(1)).t()  # (d_model, heads x P)
-        values = torch.block_diag(*v.unbind(1)) @ o_t  # (heads x P, d_model)
-        # columns and rows in (position, head) order, as the scores lie: (rows, P, heads)
-        keys = keys.view(d, w.heads, P).transpose(1, 2).reshape(d, P * w.heads)
-        values = values.view(w.heads, P, d).transpose(0, 1).reshape(P * w.heads, d)
-        blocks.append((keys, values))
-    return blocks
-
-
-def tree_step(w: FusedWeights, stores, tokens, rot, index, bias, first: int, blocks):
+def tree_step(w: FusedWeights, stores, tokens, rot, index, bias, first: int):
     """Next-token logits of a wave, the decoder restated for one token a row: row b reads
     `tokens[b]` (turned by rot[b]), writes its keys and values into row `first + b` of each
-    layer's store (rows, [keys | values]) and attends to the rows `index` (b's path, `width`
-    a row) but where `bias` (rows, width, 1; None: none) is -inf, and to `blocks`' prompt."""
+    layer's store (rows, [keys | values]), then attends to the rows `index` (b's path, `width`
+    a row: rows of this wave too) but where `bias` (rows, width, 1; None: none) is -inf."""
     n = tokens.shape[0]
     x = w.embed.index_select(0, tokens)
     d = x.shape[1]
@@ -155,15 +132,7 @@ def tree_step(w: FusedWeights, stores, tokens, rot, index, bias, first: int, blo
         scores = (k * q[:, None]).sum(-1)  # (rows, width, heads)
         if bias is not None:
             scores = scores + bias
-        # softmax over dim 1, not over a last dim this short: 3x faster on a CPU
-        if blocks is None:
-            att = scores.softmax(1)
-        else:
-            on_prompt = (q.reshape(n, d) @ blocks[i][0]).view(n, -1, heads)
-            att = torch.cat([on_prompt, scores], 1).softmax(1)
-            P = on_prompt.shape[1]
-            x = torch.addmm(x, att[:, :P].reshape(n, -1), blocks[i][1])
-            att = att[:, P:]
+        att = scores.softmax(1)  # over dim 1, not over a last dim this short: 3x faster on a CPU
         x = torch.addmm(x, (att[..., None] * v).sum(1).view(n, d), w.o_t[i])
         x = layer_mlp(w, i, x)
     return next_logits(w, x)

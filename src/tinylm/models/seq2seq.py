@@ -152,13 +152,16 @@ class Seq2Seq(nn.Module):
             raise UserError("--compile is for decoder-only runs; this one is an encoder-decoder.")
         return EncoderDecoder(self, rows)
 
-    def search(self, prompt: list[int], compile: bool = False):
+    def search(self, prompts: list[list[int]], compile: bool = False):
         self.backend(1, compile)  # the same refusal of --compile
-        [states] = self.encode([prompt])  # once per prefix
+        states = self.encode(prompts)  # once per prefix
 
-        def expand(nodes):
-            histories = [prompt + list(ids) for ids, _ in nodes]
-            return self.next_logits([states] * len(histories), histories), [-1] * len(nodes)
+        def expand(items):
+            """Every item's nodes in one decoder pass."""
+            reads = [(states[i], prompts[i] + list(ids)) for i, nodes in items for ids, _ in nodes]
+            logits = self.next_logits(*map(list, zip(*reads, strict=True)))
+            parts = logits.split([len(nodes) for _, nodes in items])
+            return [(part, [-1] * len(part)) for part in parts]
 
         return expand
 
