@@ -395,6 +395,44 @@ def test_the_word_completer_suggests_the_likeliest_words(word_server):
     assert all(c["finish_reason"] == "stop" and c["text"].isalpha() for c in choices)
 
 
+def test_typists_at_once_share_searches_and_each_gets_their_own_words(tiny_run):
+    """Requests that come while a search runs are searched together in the next one: each
+    answer the list that prefix gets alone, cut to its own n."""
+    app = create_app(tiny_run.path)
+    model = app.state.server.model
+    alone = {(p, n): model.complete(p, n)[0] for p in ("ca", "st", "pre", "b") for n in (1, 3)}
+    calls, complete = [], model.complete
+
+    def slow_complete(prefixes, top):  # long enough for the others to arrive meanwhile
+        calls.append(list(prefixes))
+        time.sleep(0.3)
+        return complete(prefixes, top)
+
+    model.complete = slow_complete
+    asked = [("ca", 3), ("st", 1), ("pre", 3), ("b", 1), ("ca", 1), ("st", 3)]
+    got = {}
+    with LiveServer(app) as s:
+
+        def ask(prefix, n):
+            body = {"prompt": prefix, "n": n, "temperature": 0}
+            choices = post(s, body).json()["choices"]
+            got[prefix, n] = [(c["text"], c["probability"]) for c in choices]
+
+        threads = [threading.Thread(target=ask, args=a) for a in asked]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        for t in threads:
+            t.join()
+    assert 2 <= len(calls) < len(asked) and sorted(p for c in calls for p in c) == sorted(
+        p for p, _ in asked
+    )
+    for prefix, n in asked:
+        want = [(w.word[len(prefix) :], w.probability) for w in alone[prefix, n].words]
+        assert [t for t, _ in got[prefix, n]] == [t for t, _ in want]
+        assert [p for _, p in got[prefix, n]] == pytest.approx([p for _, p in want], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "body,param",
     [

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from tinylm.api import load
 from tinylm.errors import UserError
 from tinylm.inference import Engine, Sampling, Step
 from tinylm.models import param_breakdown
+from tinylm.results import Completions
 from tinylm.serve import requests as api
 from tinylm.serve import responses
 from tinylm.serve.answers import Answers
@@ -69,7 +71,7 @@ class Server:
         if self.model.compiled:
             warm_up(self.model, engine)
         self.worker = Worker(engine, limits.max_queue)
-        self.searching = asyncio.Semaphore(1)  # one word search at a time beside the engine
+        self.searches = Searches(self.model)
         self.scoring = asyncio.Lock()  # one prompt scoring (echo) at a time beside the engine
         self.names = Names(self.model.tokenizer)
         self.chat = Chat(self.model.run.path, self.task)
@@ -154,8 +156,7 @@ class Server:
 
     async def suggest(self, req: api.CompletionRequest, prompts) -> Response:
         """A word completer at temperature 0: the n likeliest distinct words per prefix."""
-        async with self.searching:
-            found = await asyncio.to_thread(self.model.complete, [p.text for p in prompts], req.n)
+        found = await self.searches.likeliest([p.text for p in prompts], req.n)
         body = responses.word_lists(found, req.n, self.name, sum(p.tokens for p in prompts))
         if not req.stream:
             return JSONResponse(body)
@@ -198,6 +199,47 @@ class Server:
     async def playground(self, request: Request) -> Response:
         page = (resources.files("tinylm") / "static" / "playground.html").read_text()
         return HTMLResponse(page)
+
+
+class Searches:
+    """Word searches, one at a time beside the engine, each taking every prefix asked for
+    while the one before ran: a search of several prefixes side by side costs about what one
+    costs (models/decoder_tree.py), so typists who type at once wait less. A search runs in a
+    task of its own, so a client that leaves does not stop the others' answers."""
+
+    def __init__(self, model):
+        self.model = model
+        self.waiting: list[tuple[list[str], int, asyncio.Future]] = []
+        self.running: asyncio.Task | None = None
+
+    async def likeliest(self, prefixes: list[str], n: int):
+        """The n likeliest words of each prefix (tinylm.Model.complete)."""
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append((prefixes, n, answer))
+        if self.running is None or self.running.done():
+            self.running = asyncio.create_task(self._run())
+        return await answer
+
+    async def _run(self) -> None:
+        while self.waiting:
+            asked, self.waiting = self.waiting, []
+            prefixes = [p for ps, _, _ in asked for p in ps]
+            top = max(n for _, n, _ in asked)  # the first n of an exact top: the top n
+            try:
+                found = await asyncio.to_thread(self.model.complete, prefixes, top)
+            except Exception as e:  # each request answers it (an error 500, as alone)
+                for *_, answer in asked:
+                    if not answer.done():
+                        answer.set_exception(e)
+                continue
+            at = 0
+            for ps, n, answer in asked:
+                lists = [
+                    dataclasses.replace(w, words=w.words[:n]) for w in found[at : at + len(ps)]
+                ]
+                at += len(ps)
+                if not answer.done():  # (not a client that left)
+                    answer.set_result(Completions(lists))
 
 
 async def rendered(shape, results, usage) -> JSONResponse:
