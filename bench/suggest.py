@@ -7,6 +7,7 @@ JSON line, and the top-5 lists of the seven demo prefixes.
     python bench/suggest.py --run runs/words --against ../main/src   # old and new, alternately
     python bench/suggest.py --run runs/words --profile   # waves and expansions of the slowest
     python bench/suggest.py --run runs/words --serve 8   # through `tinylm serve`, 8 typists
+    python bench/suggest.py --run runs/words --together 8   # 8 prefixes a search, side by side
     python bench/suggest.py                           # first trains the default words preset (300 s)
 
 With --compile each prefix is searched eager and then compiled, alternating, so both see the
@@ -18,7 +19,9 @@ one's: `against_*` figures, `against_differ`, and the largest relative differenc
 probability). --serve N starts `tinylm serve` on the run and has N clients type the same
 prefixes at once, one request (`POST /v1/completions`, temperature 0, n 5) a keystroke every
 --typing ms (or as soon as the last answer came, when it came later): p50 and p99 ms a
-request, as a client sees it.
+request, as a client sees it. --together N times the prefixes N to a call of `complete`
+(searched side by side, a wave of each in one forward pass) against one at a time, alternately:
+ms a prefix of each, and whether every list is the same.
 
 Target (issue "Performance where users feel it"): p50 under 5 ms, p99 under 15 ms, eager.
 """
@@ -58,6 +61,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="waves and expansions of the slowest")
     p.add_argument("--serve", type=int, metavar="CLIENTS", help="through tinylm serve")
     p.add_argument("--typing", type=float, default=150, help="--serve: ms between keystrokes")
+    p.add_argument("--together", type=int, metavar="N", help="N prefixes a search, side by side")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("TINYLM_THREADS", "2")))
     run = args.run or train_default()
@@ -66,6 +70,10 @@ def main() -> None:
     prefixes = [w[:3] for w in random.Random(0).sample(words, min(args.prefixes, len(words)))]
     if args.serve:
         print(json.dumps({"bench": "suggest-serve", "run": str(run), **serve(run, prefixes, args)}))
+        return
+    if args.together:
+        figures = together(model, prefixes, args.together, args.k)
+        print(json.dumps({"bench": "suggest-together", "run": str(run), **figures}))
         return
     searches = {"eager": lambda prefix: model.complete(prefix, args.k)[0]}
     if args.compile:
@@ -115,6 +123,27 @@ def timed(searches: dict, prefixes: list[str], counts=None) -> dict:
     if len(searches) > 1:
         figures["largest_probability_difference"] = float(f"{worst:.2g}")
     return figures | {"eager_ms": times["eager"]}
+
+
+def together(model, prefixes: list[str], n: int, k: int) -> dict:
+    """Groups of n prefixes, each searched in one call and one prefix at a time, alternately."""
+    model.complete(prefixes[:n], k)  # warm-up
+    groups = [prefixes[i : i + n] for i in range(0, len(prefixes), n)]
+    ms = {"together": 0.0, "one_by_one": 0.0}
+    same = True
+    for i, group in enumerate(groups):
+        ways = {
+            "together": lambda g=group: list(model.complete(g, k)),
+            "one_by_one": lambda g=group: [model.complete(p, k)[0] for p in g],
+        }
+        found = {}
+        for name in ways if i % 2 == 0 else reversed(ways):
+            t0 = time.perf_counter()
+            found[name] = ways[name]()
+            ms[name] += (time.perf_counter() - t0) * 1000
+        same &= [str(w) for w in found["together"]] == [str(w) for w in found["one_by_one"]]
+    per = {f"{name}_ms_per_prefix": round(t / len(prefixes), 2) for name, t in ms.items()}
+    return {"prefixes": len(prefixes), "together": n, **per, "same_lists": same}
 
 
 def clock(search, prefix: str):
