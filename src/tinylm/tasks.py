@@ -292,24 +292,18 @@ class WordTask(Task):
         """The k likeliest words completing each prefix (at most `max_length` letters in all,
         default the run's longest word), best first, the prefixes searched side by side
         (inference/search.py)."""
-        tok = self.tokenizer
+        tok, longest, shortest = self.tokenizer, max_length or self.max_len, self.cfg.data.min_len
         letters = [i for i in range(tok.vocab_size) if i not in self.banned and i != tok.eos_id]
+        # no word of the data is shorter than `shortest`
         rules = [
-            WordRules(
-                letters,
-                tok.eos_id,
-                max_letters=(max_length or self.max_len) - len(prefix),
-                min_letters=self.cfg.data.min_len - len(prefix),  # no word of the data is shorter
-            )
-            for prefix in prefixes
+            WordRules(letters, tok.eos_id, longest - len(p), shortest - len(p)) for p in prefixes
         ]
         prompts = [self.prompt(prefix).ids for prefix in prefixes]
         found = likeliest_words(net, prompts, rules, k, compile=compile)
-        lists = Completions()
-        for prefix, f in zip(prefixes, found, strict=True):
-            words = [Word(prefix + tok.decode(ids), p) for ids, p in f.words]
-            lists.append(WordList(prefix, words, ranked=True, exact=f.exact))
-        return lists
+        return Completions(
+            WordList(prefix, [Word(prefix + tok.decode(i), p) for i, p in f.words], exact=f.exact)
+            for prefix, f in zip(prefixes, found, strict=True)
+        )
 
     def samples(self, model, prefixes, sampling, num: int, seed=None, max_length=None):
         """`num` sampled words per prefix (a word cut by `max_length` is not finished)."""
