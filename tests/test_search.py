@@ -17,6 +17,7 @@ from tinylm.config import ModelConfig
 from tinylm.inference.logprobs import log_probs
 from tinylm.inference.search import WordRules, likeliest_words
 from tinylm.models import Decoder
+from tinylm.models.decoder_tree import WIDE
 
 
 def reread(model, prompt):
@@ -113,7 +114,8 @@ def test_the_search_finds_what_the_old_search_found(words_model, k):
     rules = [rules_for(task, tok, prefix) for prefix in prefixes]
     together = likeliest_words(model, prompts, rules, k)
     [alone] = likeliest_words(model, prompts[:1], rules[:1], k)
-    assert alone == together[0]
+    assert alone.exact and together[0].exact
+    assert_same_ranking(together[0].words, alone.words, rel=1e-5)  # up to rounding
     for prefix, prompt, r, found in zip(prefixes, prompts, rules, together, strict=True):
         want, want_exact = reference_search(reread(model, prompt), r, k)
         assert found.exact and want_exact, prefix
@@ -149,22 +151,27 @@ def test_out_of_budget_the_words_given_are_the_best_in_order(words_model):
     [{}, {"qk_norm": True}, {"activation": "relu2", "tie_embeddings": True}],
     ids=["llama", "qk-norm", "relu2-tied"],
 )
+@pytest.mark.parametrize("together", [3, 1], ids=["three-prompts", "one-prompt"])
 @torch.no_grad()
-def test_the_tree_reads_each_continuation_as_the_decoder_does(extra):
+def test_the_tree_reads_each_continuation_as_the_decoder_does(extra, together):
+    """Three prompts in the same passes (their prompts' rows on every path); one alone, whose
+    wide waves read its prompt through its blocks (WIDE rows or more)."""
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=48, context_length=12, **extra)
     model = Decoder(cfg, len(string.ascii_lowercase) + 3).eval()
     for name, p in model.named_parameters():  # sharper than at init: attention that varies
         if "norm" not in name:
             p.mul_(4)
-    prompts = [[1, 5, 9], [1, 7], [1, 3, 3, 8]]  # read side by side, the last from wave 2 on
+    prompts = [[1, 5, 9], [1, 7], [1, 3, 3, 8]][:together]  # the last from wave 2 on
     tree = model.search(prompts)
     g = torch.Generator().manual_seed(1)
     # the roots, read with two children, or alone
-    nodes = [[((), -1), ((4,), -1), ((7,), -1)], [((), -1)], [((), -1), ((5,), -1)]]
-    rows = [{}, {}, {}]
+    nodes = [[((), -1), ((4,), -1), ((7,), -1)], [((), -1)], [((), -1), ((5,), -1)]][:together]
+    rows = [{}, {}, {}][:together]
+    wide = False
     for wave in range(6):  # waves of continuations of mixed lengths, past the tree's first 256 rows
         items = [(i, wave_of(n)) for i, n in enumerate(nodes) if n and (i < 2 or wave >= 2)]
+        wide |= len(items) == 1 and len(items[0][1].pairs) >= WIDE
         for (i, wave_nodes), (logits, owned) in zip(items, tree(items), strict=True):
             for (ids, _), got, row in zip(wave_nodes.pairs, logits, owned, strict=True):
                 want = model(torch.tensor([prompts[i] + list(ids)])).logits[0, -1]
@@ -177,11 +184,12 @@ def test_the_tree_reads_each_continuation_as_the_decoder_does(extra):
             if not known:  # (not read yet)
                 continue
             children = {}
-            for j in torch.randint(0, len(known), (20 * (wave + 1),), generator=g).tolist():
+            for j in torch.randint(0, len(known), (40 * (wave + 1),), generator=g).tolist():
                 child = (*known[j], int(torch.randint(3, 29, (1,), generator=g)))
                 if child not in rows[i]:
                     children[child] = (child, rows[i][known[j]])
             nodes[i] = nodes[i] or list(children.values())
+    assert wide == (together == 1)
 
 
 def wave_of(pairs):
