@@ -109,7 +109,7 @@ def add_use_parsers(sub) -> None:
         "--compile",
         action="store_true",
         help="compile the word search: 10-50 s to "
-        "start, then a search ~10%% faster at the median, ~15%% at the tail",
+        "start, then a search 10-15%% faster at the median, no faster at the tail",
     )
     add_device_option(c)
 
@@ -152,7 +152,7 @@ def add_serve_parser(sub) -> None:
         action="store_true",
         help="compile the decode step and the "
         "word search while starting (~15-50 s), so that text comes ~3x as fast "
-        "(suggestions 10-15%% faster; decoder-only runs)",
+        "(suggestions 10-15%% faster at the median; decoder-only runs)",
     )
     add_device_option(sv)
 
@@ -188,7 +188,7 @@ def add_sampling_options(p) -> None:
         action="store_true",
         help="compile the decode step (complete: "
         "the word search): slow to start (~15-50 s), then faster (text ~3x, "
-        "suggestions 10-15%% faster; decoder-only runs)",
+        "suggestions 10-15%% faster at the median; decoder-only runs)",
     )
     add_device_option(p)
 
