@@ -285,8 +285,11 @@ class WordTask(Task):
         return self.samples(model, prefixes, sampling, num or top, seed, max_length)
 
     def warm_up(self, model) -> None:
-        """The search compiles for shapes that vary: run it from prefixes of two lengths."""
-        model.complete(["", self.tokenizer.characters[0]], 5)
+        """The search compiles for shapes that vary, and a wave of one search differs from
+        one of several (models/decoder_tree.py): prefixes of two lengths, alone and together."""
+        prefixes = ["", self.tokenizer.characters[0]]
+        for asked in (*prefixes, prefixes):
+            model.complete(asked, 5)
 
     def likeliest(self, net, prefixes, k: int, max_length: int | None = None, compile=False):
         """The k likeliest words completing each prefix (at most `max_length` letters in all,
