@@ -55,9 +55,9 @@ class CacheTree:
         one's last letter). A search's first nodes are its root (tokens -1), alone or then
         one-letter continuations: they are read with the prompt."""
         first, parts = self.used, []
+        at = first  # the next part's first row
         for i, nodes in items:
             parents, tokens = nodes.parents, nodes.tokens
-            at = first + sum(len(p[0]) for p in parts)
             if parents[0] < 0:
                 parts.append(self._prompt_rows(self.prompts[i], tokens[1:], at))
                 self.roots[i] = at + len(self.prompts[i]) - 1
@@ -67,6 +67,7 @@ class CacheTree:
                 rows = np.arange(at, at + len(parents))
                 path[np.arange(len(rows)), lens - 1] = rows
                 parts.append((tokens, path, lens, rows))
+            at += len(parts[-1][0])
         tokens, path, lens, _ = (np.concatenate(a) for a in zip(*parts, strict=True))
         width, n = int(lens.max()), len(tokens)
         if width > self.context:
